@@ -1,0 +1,286 @@
+"""Read PEFT LoRA adapter folders into plain numpy factors, and validate a bank of them.
+
+A PEFT folder holds `adapter_config.json` and `adapter_model.safetensors` with keys such as
+`base_model.model.encoder.layer.0.attention.self.query.lora_A.weight`. The scale (lora_alpha / r, or
+lora_alpha / sqrt(r) with rsLoRA, per-module overrides from rank_pattern / alpha_pattern) is folded
+into B, so that delta W = B @ A exactly for every module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_eigenlora.errors import EdgeEigenLoraError
+from edge_eigenlora.fileio import read_safetensors, save_safetensors_atomic
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight$")
+
+
+@dataclass(frozen=True)
+class LoraFactors:
+    """One adapted Linear: delta W = B @ A with the scale already folded into B."""
+
+    A: np.ndarray  # r x d_in
+    B: np.ndarray  # d_out x r
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(d_out, d_in), like the Linear weight it adapts."""
+        return int(self.B.shape[0]), int(self.A.shape[1])
+
+    def delta(self) -> np.ndarray:
+        return self.B.astype(np.float64) @ self.A.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    name: str
+    path: Path
+    base_model: str | None
+    modules: dict[str, LoraFactors]
+    config: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AdapterBank:
+    """Adapters of one base model. Modules may be missing from some adapters (recorded, not an error)."""
+
+    adapters: tuple[LoraAdapter, ...]
+    base_model: str | None
+    module_shapes: dict[str, tuple[int, int]]
+
+    def names(self) -> list[str]:
+        return [a.name for a in self.adapters]
+
+    def adapters_with(self, module: str) -> list[LoraAdapter]:
+        return [a for a in self.adapters if module in a.modules]
+
+    def missing(self) -> dict[str, list[str]]:
+        """Module -> names of the adapters that do not adapt it."""
+        out = {}
+        for module in self.module_shapes:
+            lacking = [a.name for a in self.adapters if module not in a.modules]
+            if lacking:
+                out[module] = lacking
+        return out
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's rank_pattern / alpha_pattern lookup: a key matches the module name or its dotted suffix."""
+    for key, value in patterns.items():
+        if module == key or re.fullmatch(rf"(?:.*\.)?(?:{key})", module):
+            return value
+    return default
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise EdgeEigenLoraError(
+            f"{folder} is not a PEFT adapter folder: {CONFIG_NAME} is missing. "
+            "Point to the folder written by PEFT's save_pretrained()."
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EdgeEigenLoraError(f"{path} is not valid JSON ({exc}). Re-download or re-save the adapter.") from exc
+    if not isinstance(config, dict):
+        raise EdgeEigenLoraError(f"{path} must hold a JSON object, found {type(config).__name__}.")
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise EdgeEigenLoraError(f"{path}: field 'peft_type' is {peft_type!r}; only LoRA adapters can be recycled.")
+    if config.get("use_dora"):
+        raise EdgeEigenLoraError(
+            f"{path}: field 'use_dora' is true. DoRA's magnitude vector has no place in a shared subspace; "
+            "use plain LoRA adapters."
+        )
+    for key in ("r", "lora_alpha"):
+        value = config.get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise EdgeEigenLoraError(f"{path}: field {key!r} must be a positive number, found {value!r}.")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if not isinstance(config.get(key) or {}, dict):
+            raise EdgeEigenLoraError(f"{path}: field {key!r} must be an object mapping module patterns to numbers.")
+    return config
+
+
+def _read_tensors(folder: Path, trust_pickle: bool) -> dict[str, np.ndarray]:
+    weights = folder / WEIGHTS_NAME
+    if weights.is_file():
+        tensors, _ = read_safetensors(weights, "adapter weights")
+        return tensors
+    pickled = [folder / n for n in PICKLE_NAMES if (folder / n).is_file()]
+    if not pickled:
+        raise EdgeEigenLoraError(f"{folder}: no {WEIGHTS_NAME} found. Point to the folder PEFT wrote.")
+    if not trust_pickle:
+        raise EdgeEigenLoraError(
+            f"{pickled[0]} is a pickled PyTorch file; loading it could run arbitrary code. Convert it to "
+            f"{WEIGHTS_NAME}, or pass --trust-pickle (trust_pickle=True) if you trust its source."
+        )
+    import torch  # only on this explicit, trusted path
+
+    try:
+        state = torch.load(pickled[0], map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types here
+        raise EdgeEigenLoraError(f"{pickled[0]} could not be loaded with weights_only=True ({exc}).") from exc
+    return {k: v.float().numpy() for k, v in state.items()}
+
+
+def read_adapter(
+    path: str | Path, *, name: str | None = None, trust_pickle: bool = False
+) -> LoraAdapter:
+    """Read one PEFT LoRA folder; fold each module's scale into B."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise EdgeEigenLoraError(f"adapter folder {folder} does not exist.")
+    config = _read_config(folder)
+    tensors = _read_tensors(folder, trust_pickle)
+    sides: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in tensors.items():
+        match = _KEY.match(key)
+        if match is None:
+            if "lora_" in key or "magnitude" in key:
+                raise EdgeEigenLoraError(
+                    f"{folder / WEIGHTS_NAME}: tensor {key!r} is not a LoRA A/B weight of a Linear layer "
+                    "(embedding LoRA, DoRA and LoRA biases are not supported). Re-train without them."
+                )
+            continue  # e.g. modules_to_save heads: not part of the subspace
+        sides.setdefault(match["module"], {})[match["side"]] = value
+    if not sides:
+        raise EdgeEigenLoraError(f"{folder / WEIGHTS_NAME} holds no LoRA weights (no '*.lora_A.weight' keys).")
+    rank_pattern = config.get("rank_pattern") or {}
+    alpha_pattern = config.get("alpha_pattern") or {}
+    modules = {}
+    for module, pair in sorted(sides.items()):
+        if set(pair) != {"A", "B"}:
+            raise EdgeEigenLoraError(
+                f"{folder / WEIGHTS_NAME}: module {module!r} has only lora_{''.join(pair)}; both A and B are needed."
+            )
+        A, B = pair["A"].astype(np.float32), pair["B"].astype(np.float32)
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+            raise EdgeEigenLoraError(
+                f"{folder / WEIGHTS_NAME}: module {module!r} has lora_A {A.shape} and lora_B {B.shape}; "
+                "expected A (r x d_in) and B (d_out x r)."
+            )
+        for side, array in (("A", A), ("B", B)):
+            if not np.all(np.isfinite(array)):
+                raise EdgeEigenLoraError(
+                    f"{folder / WEIGHTS_NAME}: tensor for module {module!r} lora_{side} contains NaN or Inf. "
+                    "The adapter is broken; re-train it or leave it out of the bank."
+                )
+        r = int(_pattern_value(rank_pattern, module, config["r"]))
+        if r != A.shape[0]:
+            raise EdgeEigenLoraError(
+                f"{folder / CONFIG_NAME}: module {module!r} has rank {A.shape[0]} in the weights but the config "
+                f"says r={r} (field 'r' or 'rank_pattern'). Fix the config so the scale is right."
+            )
+        alpha = float(_pattern_value(alpha_pattern, module, config["lora_alpha"]))
+        scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        modules[module] = LoraFactors(A=A, B=(B * np.float32(scale)).astype(np.float32))
+    return LoraAdapter(
+        name=name or folder.name,
+        path=folder,
+        base_model=config.get("base_model_name_or_path"),
+        modules=modules,
+        config=config,
+    )
+
+
+def _same_base(a: str | None, b: str | None) -> bool:
+    """Hub ids and local folders name the same model when their last path components agree."""
+    if not a or not b:
+        return True
+    return a == b or Path(a.rstrip("/")).name.lower() == Path(b.rstrip("/")).name.lower()
+
+
+def load_bank(
+    paths: Iterable[str | Path], *, trust_pickle: bool = False, names: Sequence[str] | None = None
+) -> AdapterBank:
+    """Read and validate N adapters: one base model (by config and by tensor shapes), unique names."""
+    paths = list(paths)
+    if not paths:
+        raise EdgeEigenLoraError("the adapter bank is empty: give at least one PEFT adapter folder.")
+    if names is not None and len(names) != len(paths):
+        raise EdgeEigenLoraError(f"{len(names)} names given for {len(paths)} adapters.")
+    adapters = [
+        read_adapter(p, name=None if names is None else names[i], trust_pickle=trust_pickle)
+        for i, p in enumerate(paths)
+    ]
+    seen: dict[str, Path] = {}
+    for adapter in adapters:
+        if adapter.name in seen:
+            raise EdgeEigenLoraError(
+                f"two adapters are named {adapter.name!r} ({seen[adapter.name]} and {adapter.path}); "
+                "adapter names must be unique: rename a folder or pass names."
+            )
+        seen[adapter.name] = adapter.path
+    reference = next((a for a in adapters if a.base_model), adapters[0])
+    shapes: dict[str, tuple[int, int]] = {}
+    owner: dict[str, LoraAdapter] = {}
+    for adapter in adapters:
+        if not _same_base(reference.base_model, adapter.base_model):
+            raise EdgeEigenLoraError(
+                "adapters of two different base models in one bank: "
+                f"{reference.base_model!r} ({reference.path / CONFIG_NAME}) and {adapter.base_model!r} "
+                f"({adapter.path / CONFIG_NAME}). A subspace is only shared by adapters of one base model."
+            )
+        for module, factors in adapter.modules.items():
+            if module in shapes and shapes[module] != factors.shape:
+                raise EdgeEigenLoraError(
+                    f"module {module!r} is {factors.shape} (d_out, d_in) in {adapter.path} but "
+                    f"{shapes[module]} in {owner[module].path}: these adapters were not trained on the same "
+                    "base model."
+                )
+            shapes.setdefault(module, factors.shape)
+            owner.setdefault(module, adapter)
+    return AdapterBank(adapters=tuple(adapters), base_model=reference.base_model, module_shapes=dict(sorted(shapes.items())))
+
+
+HEAD_NAME = "classifier_head.safetensors"
+
+
+@dataclass(frozen=True)
+class ClassifierHead:
+    """The task head a bank adapter was trained with (our bank builder writes it beside PEFT's files)."""
+
+    weight: np.ndarray  # labels x hidden
+    bias: np.ndarray | None
+    labels: list[str]
+
+
+def read_head(folder: str | Path) -> ClassifierHead | None:
+    path = Path(folder) / HEAD_NAME
+    if not path.is_file():
+        return None
+    tensors, meta = read_safetensors(path, "classifier head")
+    if "weight" not in tensors:
+        raise EdgeEigenLoraError(f"{path}: tensor 'weight' is missing.")
+    try:
+        labels = json.loads(meta.get("labels", "[]"))
+    except json.JSONDecodeError as exc:
+        raise EdgeEigenLoraError(f"{path}: metadata field 'labels' is not valid JSON ({exc}).") from exc
+    return ClassifierHead(weight=tensors["weight"], bias=tensors.get("bias"), labels=list(labels))
+
+
+def write_head(folder: str | Path, weight: np.ndarray, bias: np.ndarray | None, labels: list[str]) -> Path:
+    tensors = {"weight": np.asarray(weight, np.float32)}
+    if bias is not None:
+        tensors["bias"] = np.asarray(bias, np.float32)
+    path = Path(folder) / HEAD_NAME
+    save_safetensors_atomic(path, tensors, {"labels": json.dumps(list(labels))})
+    return path

@@ -1,0 +1,131 @@
+"""Pure numpy math of the shared subspace: canonicalization, stacking, SVD, augmentation, projection.
+
+Conventions (per adapted Linear with W: d_out x d_in): A is r x d_in, B is d_out x r, delta W = B @ A.
+Bases are column-orthonormal: U_A is d_in x K, U_B is d_out x K. Coefficients alpha_A, alpha_B are K x r and
+give delta W = U_B @ alpha_B @ alpha_A.T @ U_A.T. Everything is computed in float64.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def balanced_factors(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gauge-free factors of delta = B @ A: (S^1/2 V^T, U S^1/2) from the thin SVD of delta.
+
+    Any (B G, G^-1 A) gives the same result up to the signs of matching rows/columns, which the
+    principal subspace of the stack does not see. Costs O((d_in + d_out) r^2), never forms delta.
+    """
+    A = np.asarray(A, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    q_b, r_b = np.linalg.qr(B)  # d_out x r, r x r
+    q_a, r_a = np.linalg.qr(A.T)  # d_in x r, r x r
+    u, s, vt = np.linalg.svd(r_b @ r_a.T)
+    root = np.sqrt(s)
+    return (root[:, None] * (vt @ q_a.T)), (q_b @ u) * root[None, :]
+
+
+def stack_columns(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """[X_1 ... X_N] for column blocks of equal height (d x r_i each; ranks may differ)."""
+    return np.concatenate([np.asarray(b, dtype=np.float64) for b in blocks], axis=1)
+
+
+def principal_directions(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left singular vectors and singular values of the stack (d x n), largest first, up to min(d, n)."""
+    u, s, _ = np.linalg.svd(np.asarray(stack, dtype=np.float64), full_matrices=False)
+    return u, s
+
+
+def numerical_rank(singular_values: np.ndarray, shape: tuple[int, int]) -> int:
+    """Rank as numpy's matrix_rank defines it: singular values above max(shape) * eps * s_max."""
+    if singular_values.size == 0 or singular_values[0] == 0:
+        return 0
+    tol = singular_values[0] * max(shape) * np.finfo(np.float64).eps
+    return int(np.sum(singular_values > tol))
+
+
+def explained_variance(singular_values: np.ndarray) -> np.ndarray:
+    """Cumulative share of the stack's squared Frobenius norm captured by the first k directions."""
+    energy = np.square(np.asarray(singular_values, dtype=np.float64))
+    total = energy.sum()
+    return np.cumsum(energy) / total if total > 0 else np.zeros_like(energy)
+
+
+def k_for_variance(singular_values: np.ndarray, threshold: float) -> int:
+    """Smallest k whose explained variance reaches `threshold` (0 < threshold <= 1)."""
+    cumulative = explained_variance(singular_values)
+    return int(min(np.searchsorted(cumulative, threshold - 1e-12) + 1, cumulative.size))
+
+
+def module_seed(seed: int, module: str, side: str) -> int:
+    """A stable per-module seed (crc32, not Python's salted hash) so augmentation is reproducible."""
+    return (seed * 1_000_003 + zlib.crc32(f"{module}|{side}".encode())) % (2**32)
+
+
+def orthogonal_complement_directions(basis: np.ndarray, p: int, rng: np.random.Generator) -> np.ndarray:
+    """p random orthonormal directions orthogonal to the columns of `basis` (d x K), re-orthogonalized twice."""
+    d, k = basis.shape
+    if p == 0:
+        return np.zeros((d, 0))
+    if k + p > d:
+        raise ValueError(f"cannot add {p} directions orthogonal to {k} in dimension {d}")
+    x = rng.standard_normal((d, p))
+    for _ in range(2):  # classical Gram-Schmidt against the basis, twice, is numerically orthogonal
+        x -= basis @ (basis.T @ x)
+    q, _ = np.linalg.qr(x)
+    q -= basis @ (basis.T @ q)
+    q, _ = np.linalg.qr(q)
+    return q
+
+
+def project_factors(
+    A: np.ndarray, B: np.ndarray, U_A: np.ndarray, U_B: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Orthogonal projection of an adapter onto the basis: alpha_A = U_A^T A^T, alpha_B = U_B^T B (K x r)."""
+    return (
+        np.asarray(U_A, np.float64).T @ np.asarray(A, np.float64).T,
+        np.asarray(U_B, np.float64).T @ np.asarray(B, np.float64),
+    )
+
+
+def coefficients_to_factors(
+    alpha_A: np.ndarray, alpha_B: np.ndarray, U_A: np.ndarray, U_B: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """LoRA factors of a coefficient pair: A = alpha_A^T U_A^T (r x d_in), B = U_B alpha_B (d_out x r)."""
+    return (
+        np.asarray(alpha_A, np.float64).T @ np.asarray(U_A, np.float64).T,
+        np.asarray(U_B, np.float64) @ np.asarray(alpha_B, np.float64),
+    )
+
+
+def relative_delta_error(
+    A: np.ndarray, B: np.ndarray, A_hat: np.ndarray, B_hat: np.ndarray
+) -> float:
+    """||B A - B_hat A_hat||_F / ||B A||_F, from the small Gram matrices (never forms d_out x d_in)."""
+
+    def inner(b1: np.ndarray, a1: np.ndarray, b2: np.ndarray, a2: np.ndarray) -> float:
+        # <B1 A1, B2 A2>_F = trace((B1^T B2) (A2 A1^T))
+        return float(np.sum((b1.T @ b2) * (a1 @ a2.T)))
+
+    A, B, A_hat, B_hat = (np.asarray(x, np.float64) for x in (A, B, A_hat, B_hat))
+    norm2 = inner(B, A, B, A)
+    if norm2 == 0:
+        return 0.0
+    err2 = norm2 - 2 * inner(B, A, B_hat, A_hat) + inner(B_hat, A_hat, B_hat, A_hat)
+    return float(np.sqrt(max(err2, 0.0) / norm2))
+
+
+def principal_angles(U: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Principal angles (radians, ascending) between the column spans of orthonormal U and V.
+
+    Computed from the sines (the part of U outside span V), which stay accurate for tiny angles where
+    arccos of the cosines loses half the digits.
+    """
+    U = np.asarray(U, np.float64)
+    V = np.asarray(V, np.float64)
+    outside = U - V @ (V.T @ U)
+    sines = np.linalg.svd(outside, compute_uv=False)
+    return np.sort(np.arcsin(np.clip(sines, 0.0, 1.0)))

@@ -1,0 +1,116 @@
+"""The task file: a task's coefficients (+ classification head) bound to one basis by its fingerprint.
+
+numpy + safetensors only, so the device runtime reads the same files the workstation writes.
+Tensors: `<module>.alpha_A`, `<module>.alpha_B` (each (k+p) x r) and, for classifiers, `head.weight`
+(labels x hidden) and `head.bias` (labels).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from edge_eigenlora.errors import EdgeEigenLoraError
+from edge_eigenlora.fileio import read_safetensors, save_safetensors_atomic
+
+TASK_FORMAT = "edge-eigenlora-task"
+TASK_FORMAT_VERSION = 1
+TaskKind = Literal["classification", "causal_lm"]
+
+
+@dataclass
+class Task:
+    name: str
+    basis_fingerprint: str
+    coefficients: dict[str, tuple[np.ndarray, np.ndarray]]  # module -> (alpha_A, alpha_B)
+    kind: TaskKind = "classification"
+    labels: list[str] = field(default_factory=list)
+    head_weight: np.ndarray | None = None
+    head_bias: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # free-form: metrics, source, pooling, base model
+
+    def num_parameters(self, include_head: bool = True) -> int:
+        n = sum(a.size + b.size for a, b in self.coefficients.values())
+        if include_head and self.head_weight is not None:
+            n += self.head_weight.size + (0 if self.head_bias is None else self.head_bias.size)
+        return int(n)
+
+    def check_finite(self, where: str) -> None:
+        for module, (a, b) in self.coefficients.items():
+            if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+                raise EdgeEigenLoraError(f"{where}: coefficients of module {module!r} contain NaN or Inf.")
+        for label, arr in (("head.weight", self.head_weight), ("head.bias", self.head_bias)):
+            if arr is not None and not np.all(np.isfinite(arr)):
+                raise EdgeEigenLoraError(f"{where}: {label} contains NaN or Inf.")
+
+
+def save_task(task: Task, path: str | Path) -> Path:
+    """Write the task atomically."""
+    task.check_finite(f"task {task.name!r}")
+    tensors: dict[str, np.ndarray] = {}
+    for module, (alpha_a, alpha_b) in task.coefficients.items():
+        tensors[f"{module}.alpha_A"] = np.asarray(alpha_a, np.float32)
+        tensors[f"{module}.alpha_B"] = np.asarray(alpha_b, np.float32)
+    if task.head_weight is not None:
+        tensors["head.weight"] = np.asarray(task.head_weight, np.float32)
+        if task.head_bias is not None:
+            tensors["head.bias"] = np.asarray(task.head_bias, np.float32)
+    metadata = {
+        "format": TASK_FORMAT,
+        "format_version": str(TASK_FORMAT_VERSION),
+        "name": task.name,
+        "basis_fingerprint": task.basis_fingerprint,
+        "kind": task.kind,
+        "labels": json.dumps(task.labels),
+        "info": json.dumps(task.info, sort_keys=True, default=str),
+    }
+    path = Path(path)
+    save_safetensors_atomic(path, tensors, metadata)
+    return path
+
+
+def load_task(path: str | Path, *, expected_basis: str | None = None) -> Task:
+    """Read a task file; with `expected_basis`, refuse one fitted for another basis."""
+    tensors, meta = read_safetensors(path, "task file")
+    if meta.get("format") != TASK_FORMAT:
+        raise EdgeEigenLoraError(f"{path}: metadata field 'format' is {meta.get('format')!r}; not a task file.")
+    if meta.get("format_version") != str(TASK_FORMAT_VERSION):
+        raise EdgeEigenLoraError(
+            f"{path}: task format_version {meta.get('format_version')!r} is not supported "
+            f"(this edge-eigenlora reads version {TASK_FORMAT_VERSION})."
+        )
+    fingerprint = meta.get("basis_fingerprint", "")
+    if expected_basis is not None and fingerprint != expected_basis:
+        raise EdgeEigenLoraError(
+            f"{path}: task was trained for basis {fingerprint[:12]} but this model/bundle carries basis "
+            f"{expected_basis[:12]}. Coefficients only mean something on their own basis: use the matching "
+            "basis, or re-train the task on this one."
+        )
+    coefficients: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for key in tensors:
+        if key.endswith(".alpha_A"):
+            module = key[: -len(".alpha_A")]
+            if f"{module}.alpha_B" not in tensors:
+                raise EdgeEigenLoraError(f"{path}: {module}.alpha_B is missing; the task file is incomplete.")
+            coefficients[module] = (tensors[key], tensors[f"{module}.alpha_B"])
+    try:
+        labels = json.loads(meta.get("labels", "[]"))
+        info = json.loads(meta.get("info", "{}"))
+    except json.JSONDecodeError as exc:
+        raise EdgeEigenLoraError(f"{path}: metadata field 'labels' or 'info' is not valid JSON ({exc}).") from exc
+    task = Task(
+        name=meta.get("name", Path(path).stem),
+        basis_fingerprint=fingerprint,
+        coefficients=coefficients,
+        kind=meta.get("kind", "classification"),  # type: ignore[arg-type]
+        labels=labels,
+        head_weight=tensors.get("head.weight"),
+        head_bias=tensors.get("head.bias"),
+        info=info,
+    )
+    task.check_finite(str(path))
+    return task
