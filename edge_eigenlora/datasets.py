@@ -351,7 +351,7 @@ def read_fortune_file(path: Path) -> list[str]:
             while lines and (not lines[-1].strip() or _ATTRIBUTION.match(lines[-1])):
                 lines.pop()
             if lines:
-                entries.append("\n".join(lines))
+                entries.append("\n".join(lines).strip("\n"))
             lines = []
         else:
             lines.append(line)

@@ -66,10 +66,12 @@ def eigenlora_layers(model: nn.Module) -> dict[str, EigenLoraLinear]:
 
 
 def _basis_of(model: nn.Module) -> str:
-    fingerprint = getattr(model, "_eigenlora_basis", None)
-    if fingerprint is None:
-        raise EdgeEigenLoraError("this model has no basis attached; call attach_basis() first.")
-    return fingerprint
+    """The fingerprint of the attached basis, also through wrappers such as TextClassifier."""
+    for module in model.modules():
+        fingerprint = getattr(module, "_eigenlora_basis", None)
+        if fingerprint is not None:
+            return fingerprint
+    raise EdgeEigenLoraError("this model has no basis attached; call attach_basis() first.")
 
 
 def attach_basis(
@@ -168,11 +170,17 @@ def task_from_model(
         for layer in eigenlora_layers(model).values()
     }
     head = model.head if isinstance(model, TextClassifier) else None
+    if head is not None:
+        kind = "classification"
+    elif callable(getattr(model, "can_generate", None)) and model.can_generate():
+        kind = "causal_lm"
+    else:
+        kind = "feature_extraction"
     return Task(
         name=name,
         basis_fingerprint=fingerprint,
         coefficients=coefficients,
-        kind="classification" if head is not None else "causal_lm",
+        kind=kind,
         labels=list(labels or []),
         head_weight=None if head is None else head.weight.detach().float().numpy().copy(),
         head_bias=None if head is None else head.bias.detach().float().numpy().copy(),

@@ -19,7 +19,7 @@ from edge_eigenlora.fileio import read_safetensors, save_safetensors_atomic
 
 TASK_FORMAT = "edge-eigenlora-task"
 TASK_FORMAT_VERSION = 1
-TaskKind = Literal["classification", "causal_lm"]
+TaskKind = Literal["classification", "causal_lm", "feature_extraction"]
 
 
 @dataclass

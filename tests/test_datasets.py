@@ -173,16 +173,21 @@ def test_real_task_is_deterministic_per_seed(name):
 def test_identical_across_processes():
     name = "topic_fortunes_en_subjects"
     here = _digest(_load(name, seed=7))
-    code = (
-        "import hashlib; from edge_eigenlora import datasets as ds; d = ds.load_task(%r, seed=7); h = hashlib.sha256()\n"
-        "for s in (d.train, d.validation, d.test):\n"
-        "    for t, y in zip(s.texts, s.labels): h.update(f'{y}\\t{t}\\n'.encode())\n"
-        "print(h.hexdigest())" % name
+    code = "\n".join(
+        [
+            "import hashlib, sys",
+            "from edge_eigenlora import datasets as ds",
+            "d = ds.load_task(sys.argv[1], seed=7)",
+            "h = hashlib.sha256()",
+            "for s in (d.train, d.validation, d.test):",
+            "    for t, y in zip(s.texts, s.labels): h.update(f'{y}\\t{t}\\n'.encode())",
+            "print(h.hexdigest())",
+        ]
     )
     for hash_seed in ("1", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+            [sys.executable, "-c", code, name], env=env, capture_output=True, text=True, check=True
         )
         assert out.stdout.strip() == here
 
@@ -272,15 +277,16 @@ def test_read_fortune_file(tmp_path):
     path.write_text(
         "one line here\n%\nsecond entry\n\t\t-- Some Author\n%\n%\n\nthird\n  entry\n", encoding="utf-8"
     )
-    assert ds.read_fortune_file(path) == ["one line here", "second entry", "\nthird\n  entry"]
+    assert ds.read_fortune_file(path) == ["one line here", "second entry", "third\n  entry"]
 
 
 def test_read_wordnet_synsets(tmp_path):
     path = tmp_path / "data.verb"
     path.write_text(
         "  1 This software and database is being provided to you\n"
-        "00001740 29 v 04 breathe 0 take_a_breath 0 respire 0 suspire 3 021 | draw air into, and expel out of, "
-        'the lungs; "I can breathe better when the air is clean"; "The patient is respiring"\n'
+        "00001740 29 v 04 breathe 0 take_a_breath 0 respire 0 suspire 3 021 | "
+        'draw air into, and expel out of, the lungs; "I can breathe better when the air is clean"; '
+        '"The patient is respiring"\n'
         "00002325 43 v 01 rain 0 000 | precipitate as rain\n",
         encoding="utf-8",
     )
