@@ -24,7 +24,9 @@ from edge_eigenlora.fileio import read_safetensors, save_safetensors_atomic
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
-_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight$")
+_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight$"
+)
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,16 @@ def _read_config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgeEigenLoraError(f"{path} is not valid JSON ({exc}). Re-download or re-save the adapter.") from exc
+        raise EdgeEigenLoraError(
+            f"{path} is not valid JSON ({exc}). Re-download or re-save the adapter."
+        ) from exc
     if not isinstance(config, dict):
         raise EdgeEigenLoraError(f"{path} must hold a JSON object, found {type(config).__name__}.")
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
-        raise EdgeEigenLoraError(f"{path}: field 'peft_type' is {peft_type!r}; only LoRA adapters can be recycled.")
+        raise EdgeEigenLoraError(
+            f"{path}: field 'peft_type' is {peft_type!r}; only LoRA adapters can be recycled."
+        )
     if config.get("use_dora"):
         raise EdgeEigenLoraError(
             f"{path}: field 'use_dora' is true. DoRA's magnitude vector has no place in a shared subspace; "
@@ -115,7 +121,9 @@ def _read_config(folder: Path) -> dict[str, Any]:
             raise EdgeEigenLoraError(f"{path}: field {key!r} must be a positive number, found {value!r}.")
     for key in ("rank_pattern", "alpha_pattern"):
         if not isinstance(config.get(key) or {}, dict):
-            raise EdgeEigenLoraError(f"{path}: field {key!r} must be an object mapping module patterns to numbers.")
+            raise EdgeEigenLoraError(
+                f"{path}: field {key!r} must be an object mapping module patterns to numbers."
+            )
     return config
 
 
@@ -141,9 +149,7 @@ def _read_tensors(folder: Path, trust_pickle: bool) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() for k, v in state.items()}
 
 
-def read_adapter(
-    path: str | Path, *, name: str | None = None, trust_pickle: bool = False
-) -> LoraAdapter:
+def read_adapter(path: str | Path, *, name: str | None = None, trust_pickle: bool = False) -> LoraAdapter:
     """Read one PEFT LoRA folder; fold each module's scale into B."""
     folder = Path(path)
     if not folder.is_dir():
@@ -162,7 +168,9 @@ def read_adapter(
             continue  # e.g. modules_to_save heads: not part of the subspace
         sides.setdefault(match["module"], {})[match["side"]] = value
     if not sides:
-        raise EdgeEigenLoraError(f"{folder / WEIGHTS_NAME} holds no LoRA weights (no '*.lora_A.weight' keys).")
+        raise EdgeEigenLoraError(
+            f"{folder / WEIGHTS_NAME} holds no LoRA weights (no '*.lora_A.weight' keys)."
+        )
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
     modules = {}
@@ -248,7 +256,9 @@ def load_bank(
                 )
             shapes.setdefault(module, factors.shape)
             owner.setdefault(module, adapter)
-    return AdapterBank(adapters=tuple(adapters), base_model=reference.base_model, module_shapes=dict(sorted(shapes.items())))
+    return AdapterBank(
+        adapters=tuple(adapters), base_model=reference.base_model, module_shapes=dict(sorted(shapes.items()))
+    )
 
 
 HEAD_NAME = "classifier_head.safetensors"

@@ -93,7 +93,9 @@ def build_adapter(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         peft_model = classifier.encoder
-        peft_model.peft_config["default"].base_model_name_or_path = hub_name(str(resolve_model_path(model_name)))
+        peft_model.peft_config["default"].base_model_name_or_path = hub_name(
+            str(resolve_model_path(model_name))
+        )
         peft_model.save_pretrained(tmp)
         head = classifier.head
         write_head(tmp, head.weight.detach().numpy(), head.bias.detach().numpy(), list(task.label_names))
@@ -152,7 +154,12 @@ def build_bank(
             tqdm.write(f"bank: {name}: cached at {folder}")
         else:
             build_adapter(
-                model_name, load(name, seed=data_seed), folder, spec=spec, config=config, seed=task_seed(name, base_seed)
+                model_name,
+                load(name, seed=data_seed),
+                folder,
+                spec=spec,
+                config=config,
+                seed=task_seed(name, base_seed),
             )
             record = json.loads((folder / RECORD_NAME).read_text())
             tqdm.write(

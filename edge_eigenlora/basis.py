@@ -263,7 +263,9 @@ def load_basis(path: str | Path) -> Basis:
             for name, m in info.items()
         }
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise EdgeEigenLoraError(f"{path}: basis metadata is incomplete or malformed ({exc!r}); re-fit it.") from exc
+        raise EdgeEigenLoraError(
+            f"{path}: basis metadata is incomplete or malformed ({exc!r}); re-fit it."
+        ) from exc
     basis = Basis(modules=modules, config=config, base_model=meta.get("base_model") or None, bank=bank)
     if basis.fingerprint != meta.get("fingerprint"):
         raise EdgeEigenLoraError(
@@ -279,7 +281,14 @@ def variance_report(basis: Basis) -> list[dict[str, Any]]:
     for name, m in basis.modules.items():
         ev_a, ev_b = m.explained()
         rows.append(
-            {"module": name, "k": m.k, "p": m.p, "explained_A": ev_a, "explained_B": ev_b, "adapters": len(m.adapters)}
+            {
+                "module": name,
+                "k": m.k,
+                "p": m.p,
+                "explained_A": ev_a,
+                "explained_B": ev_b,
+                "adapters": len(m.adapters),
+            }
         )
     return rows
 

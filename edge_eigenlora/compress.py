@@ -57,7 +57,11 @@ def compress_adapter(adapter: LoraAdapter, basis: Basis) -> CompressionResult:
         labels=head.labels if head else [],
         head_weight=head.weight if head else None,
         head_bias=head.bias if head else None,
-        info={"source": "projected", "adapter": str(adapter.path), "mean_delta_error": float(np.mean(list(errors.values())))},
+        info={
+            "source": "projected",
+            "adapter": str(adapter.path),
+            "mean_delta_error": float(np.mean(list(errors.values()))),
+        },
     )
     return CompressionResult(adapter=adapter.name, task=task, errors=errors)
 
@@ -105,4 +109,3 @@ def task_to_peft(task: Task, basis: Basis, out_dir: str | Path, *, base_model: s
     config_dict["target_modules"] = sorted(ranks)
     write_json_atomic(out / CONFIG_NAME, config_dict)  # last: a folder with a config is complete
     return out
-

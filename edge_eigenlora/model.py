@@ -54,7 +54,9 @@ def resolve_module_name(model: nn.Module, name: str) -> str:
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
-            raise EdgeEigenLoraError(f"basis module {name!r} matches several modules of the model: {hits[:4]}.")
+            raise EdgeEigenLoraError(
+                f"basis module {name!r} matches several modules of the model: {hits[:4]}."
+            )
     raise EdgeEigenLoraError(
         f"basis module {name!r} is not in the model. Was the basis fitted for another architecture? "
         f"The model has e.g. {[n for n in names if n][:3]}."
@@ -203,7 +205,9 @@ def apply_task(model: nn.Module, task: Task) -> None:
         raise EdgeEigenLoraError(f"task {task.name!r} has no coefficients for modules {missing[:3]}.")
     for module, (alpha_a, alpha_b) in task.coefficients.items():
         if module not in layers:
-            raise EdgeEigenLoraError(f"task {task.name!r} has coefficients for {module!r}, which the basis lacks.")
+            raise EdgeEigenLoraError(
+                f"task {task.name!r} has coefficients for {module!r}, which the basis lacks."
+            )
         layers[module].set_coefficients(torch.from_numpy(alpha_a), torch.from_numpy(alpha_b))
     if isinstance(model, TextClassifier) and task.head_weight is not None:
         if model.head.weight.shape != task.head_weight.shape:

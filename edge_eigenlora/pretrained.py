@@ -37,7 +37,9 @@ def resolve_model_path(name_or_path: str) -> Path:
     return Path(package.get_model_path())
 
 
-def load_encoder(name_or_path: str = DEFAULT_ENCODER, *, attn_implementation: str = "eager") -> tuple[Any, Any]:
+def load_encoder(
+    name_or_path: str = DEFAULT_ENCODER, *, attn_implementation: str = "eager"
+) -> tuple[Any, Any]:
     """(model, tokenizer) of a transformers encoder, offline, in eval mode, float32.
 
     Eager attention by default: it exports to ONNX and differentiates correctly (see the toolchain notes).

@@ -101,9 +101,7 @@ def coefficients_to_factors(
     )
 
 
-def relative_delta_error(
-    A: np.ndarray, B: np.ndarray, A_hat: np.ndarray, B_hat: np.ndarray
-) -> float:
+def relative_delta_error(A: np.ndarray, B: np.ndarray, A_hat: np.ndarray, B_hat: np.ndarray) -> float:
     """||B A - B_hat A_hat||_F / ||B A||_F, from the small Gram matrices (never forms d_out x d_in)."""
 
     def inner(b1: np.ndarray, a1: np.ndarray, b2: np.ndarray, a2: np.ndarray) -> float:

@@ -77,7 +77,9 @@ def load_task(path: str | Path, *, expected_basis: str | None = None) -> Task:
     """Read a task file; with `expected_basis`, refuse one fitted for another basis."""
     tensors, meta = read_safetensors(path, "task file")
     if meta.get("format") != TASK_FORMAT:
-        raise EdgeEigenLoraError(f"{path}: metadata field 'format' is {meta.get('format')!r}; not a task file.")
+        raise EdgeEigenLoraError(
+            f"{path}: metadata field 'format' is {meta.get('format')!r}; not a task file."
+        )
     if meta.get("format_version") != str(TASK_FORMAT_VERSION):
         raise EdgeEigenLoraError(
             f"{path}: task format_version {meta.get('format_version')!r} is not supported "
@@ -101,7 +103,9 @@ def load_task(path: str | Path, *, expected_basis: str | None = None) -> Task:
         labels = json.loads(meta.get("labels", "[]"))
         info = json.loads(meta.get("info", "{}"))
     except json.JSONDecodeError as exc:
-        raise EdgeEigenLoraError(f"{path}: metadata field 'labels' or 'info' is not valid JSON ({exc}).") from exc
+        raise EdgeEigenLoraError(
+            f"{path}: metadata field 'labels' or 'info' is not valid JSON ({exc})."
+        ) from exc
     task = Task(
         name=meta.get("name", Path(path).stem),
         basis_fingerprint=fingerprint,

@@ -6,7 +6,6 @@ validation split, early stopping with the best weights restored, and a progress 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -66,7 +65,9 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]
         if p.requires_grad:
             (head if name.startswith("head.") else rest).append(p)
     if not head and not rest:
-        raise EdgeEigenLoraError("nothing to train: no parameter requires grad (attach a basis or a LoRA first).")
+        raise EdgeEigenLoraError(
+            "nothing to train: no parameter requires grad (attach a basis or a LoRA first)."
+        )
     groups = [{"params": rest, "lr": config.lr}] if rest else []
     if head:
         groups.append({"params": head, "lr": config.head_lr or config.lr})
@@ -159,8 +160,13 @@ def _check_labels(labels: Sequence[int], num_labels: int, where: str) -> np.ndar
 
 @torch.no_grad()
 def evaluate_classifier(
-    model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int], *,
-    batch_size: int = 64, max_length: int = 64,
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    *,
+    batch_size: int = 64,
+    max_length: int = 64,
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy of a classifier (anything mapping ids + mask to logits)."""
     model.eval()
@@ -257,6 +263,46 @@ def train_causal_lm(
     return _fit(model, len(texts), loss_on, evaluate, config, desc)
 
 
-def snapshot(model: nn.Module) -> nn.Module:
-    """A deep copy, for comparisons that must not disturb the original."""
-    return copy.deepcopy(model)
+def train_task(
+    basis: Any,
+    train: tuple[Sequence[str], Sequence[int]],
+    validation: tuple[Sequence[str], Sequence[int]],
+    label_names: Sequence[str],
+    *,
+    name: str = "task",
+    model_name: str | None = None,
+    rank: int = 8,
+    init: str = "zero",
+    config: TrainConfig | None = None,
+    desc: str = "EigenLoRAx coefficients",
+) -> tuple[Any, nn.Module, Any, TrainResult]:
+    """The coefficient-training stage: attach `basis` to the encoder, train coefficients + head, return a Task.
+
+    Returns (task, classifier, tokenizer, result); the task records the validation accuracy and the
+    training settings so its file is self-describing.
+    """
+    from dataclasses import asdict
+
+    from edge_eigenlora.model import TextClassifier, attach_basis, task_from_model
+    from edge_eigenlora.pretrained import DEFAULT_ENCODER, hub_name, load_encoder
+
+    config = config or TrainConfig()
+    model_name = model_name or basis.base_model or DEFAULT_ENCODER
+    encoder, tokenizer = load_encoder(model_name)
+    torch.manual_seed(config.seed)
+    attach_basis(encoder, basis, rank=rank, init=init, seed=config.seed)  # type: ignore[arg-type]
+    classifier = TextClassifier(encoder, len(label_names))
+    result = train_classifier(classifier, tokenizer, train, validation, config, desc=desc)
+    info = {
+        "source": "trained",
+        "base_model": hub_name(model_name),
+        "rank": rank,
+        "init": init,
+        "pooling": "mean",
+        "max_length": config.max_length,
+        "val_accuracy": result.best_metric,
+        "steps": result.steps,
+        "train_config": asdict(config),
+    }
+    task = task_from_model(classifier, name, labels=list(label_names), info=info)
+    return task, classifier, tokenizer, result

@@ -28,9 +28,12 @@ def minilm_bank_dirs(tmp_path_factory):
     dirs = []
     for i in range(4):
         modules = {
-            m: (rng.standard_normal((8, 384)) * 0.05, rng.standard_normal((384, 8)) * 0.05) for m in MINILM_MODULES
+            m: (rng.standard_normal((8, 384)) * 0.05, rng.standard_normal((384, 8)) * 0.05)
+            for m in MINILM_MODULES
         }
         dirs.append(
-            write_peft_adapter(root / f"task{i}", modules, r=8, alpha=16, base_model="sentence-transformers/all-MiniLM-L6-v2")
+            write_peft_adapter(
+                root / f"task{i}", modules, r=8, alpha=16, base_model="sentence-transformers/all-MiniLM-L6-v2"
+            )
         )
     return dirs

@@ -28,12 +28,22 @@ def test_scale_is_folded_into_B(tmp_path):
 
 def test_rslora_and_rank_alpha_patterns(tmp_path):
     rng = np.random.default_rng(1)
-    mods = {Q: (rng.standard_normal((4, 16)), rng.standard_normal((16, 4))),
-            V: (rng.standard_normal((2, 16)), rng.standard_normal((16, 2)))}
-    extra = {"use_rslora": True, "rank_pattern": {"value": 2}, "alpha_pattern": {"layer.0.attention.self.value": 6}}
+    mods = {
+        Q: (rng.standard_normal((4, 16)), rng.standard_normal((16, 4))),
+        V: (rng.standard_normal((2, 16)), rng.standard_normal((16, 2))),
+    }
+    extra = {
+        "use_rslora": True,
+        "rank_pattern": {"value": 2},
+        "alpha_pattern": {"layer.0.attention.self.value": 6},
+    }
     adapter = read_adapter(write_peft_adapter(tmp_path / "a", mods, r=4, alpha=8, extra_config=extra))
-    np.testing.assert_allclose(adapter.modules[Q].delta(), 8 / math.sqrt(4) * mods[Q][1] @ mods[Q][0], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(adapter.modules[V].delta(), 6 / math.sqrt(2) * mods[V][1] @ mods[V][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        adapter.modules[Q].delta(), 8 / math.sqrt(4) * mods[Q][1] @ mods[Q][0], rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        adapter.modules[V].delta(), 6 / math.sqrt(2) * mods[V][1] @ mods[V][0], rtol=1e-4, atol=1e-5
+    )
     assert (adapter.modules[Q].rank, adapter.modules[V].rank) == (4, 2)
 
 
@@ -63,7 +73,10 @@ def test_truncated_safetensors_is_refused(tmp_path):
     folder = write_peft_adapter(tmp_path / "a", _modules(np.random.default_rng(4)), r=4, alpha=4)
     path = folder / "adapter_model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(EdgeEigenLoraError, match=r"adapter_model.safetensors is not a readable safetensors file.*truncated or corrupt"):
+    with pytest.raises(
+        EdgeEigenLoraError,
+        match=r"adapter_model.safetensors is not a readable safetensors file.*truncated or corrupt",
+    ):
         read_adapter(folder)
 
 
@@ -77,7 +90,9 @@ def test_garbage_safetensors_is_refused(tmp_path):
 def test_missing_config_is_refused(tmp_path):
     folder = write_peft_adapter(tmp_path / "a", _modules(np.random.default_rng(5)), r=4, alpha=4)
     (folder / "adapter_config.json").unlink()
-    with pytest.raises(EdgeEigenLoraError, match=r"is not a PEFT adapter folder: adapter_config.json is missing"):
+    with pytest.raises(
+        EdgeEigenLoraError, match=r"is not a PEFT adapter folder: adapter_config.json is missing"
+    ):
         read_adapter(folder)
 
 
@@ -101,7 +116,9 @@ def test_two_base_models_in_one_bank_are_refused(tmp_path):
     rng = np.random.default_rng(6)
     a = write_peft_adapter(tmp_path / "a", _modules(rng), r=4, alpha=4, base_model="org/model-one")
     b = write_peft_adapter(tmp_path / "b", _modules(rng), r=4, alpha=4, base_model="org/model-two")
-    with pytest.raises(EdgeEigenLoraError, match=r"adapters of two different base models in one bank: 'org/model-one'"):
+    with pytest.raises(
+        EdgeEigenLoraError, match=r"adapters of two different base models in one bank: 'org/model-one'"
+    ):
         load_bank([a, b])
 
 
@@ -116,7 +133,9 @@ def test_same_module_with_other_shape_is_refused(tmp_path):
 def test_local_path_and_hub_id_of_one_model_agree(tmp_path):
     rng = np.random.default_rng(8)
     a = write_peft_adapter(tmp_path / "a", _modules(rng), r=4, alpha=4, base_model="org/all-MiniLM-L6-v2")
-    b = write_peft_adapter(tmp_path / "b", _modules(rng), r=4, alpha=4, base_model="/models/all-MiniLM-L6-v2/")
+    b = write_peft_adapter(
+        tmp_path / "b", _modules(rng), r=4, alpha=4, base_model="/models/all-MiniLM-L6-v2/"
+    )
     assert load_bank([a, b]).base_model == "org/all-MiniLM-L6-v2"
 
 
@@ -137,7 +156,9 @@ def test_pickled_adapter_needs_the_trust_flag_and_loads_weights_only(tmp_path):
     state = {k: torch.from_numpy(v) for k, v in load_file(str(folder / "adapter_model.safetensors")).items()}
     (folder / "adapter_model.safetensors").unlink()
     torch.save(state, folder / "adapter_model.bin")
-    with pytest.raises(EdgeEigenLoraError, match=r"adapter_model.bin is a pickled PyTorch file.*--trust-pickle"):
+    with pytest.raises(
+        EdgeEigenLoraError, match=r"adapter_model.bin is a pickled PyTorch file.*--trust-pickle"
+    ):
         read_adapter(folder)
     trusted = read_adapter(folder, trust_pickle=True)
     np.testing.assert_allclose(trusted.modules[Q].delta(), mods[Q][1] @ mods[Q][0], rtol=1e-4, atol=1e-5)
@@ -152,11 +173,13 @@ def test_pickle_with_code_is_refused_even_when_trusted(tmp_path):
 
 
 def test_dora_and_non_lora_types_are_refused(tmp_path):
-    folder = write_peft_adapter(tmp_path / "a", _modules(np.random.default_rng(12)), r=4, alpha=4,
-                                extra_config={"use_dora": True})
+    folder = write_peft_adapter(
+        tmp_path / "a", _modules(np.random.default_rng(12)), r=4, alpha=4, extra_config={"use_dora": True}
+    )
     with pytest.raises(EdgeEigenLoraError, match=r"field 'use_dora' is true"):
         read_adapter(folder)
-    folder = write_peft_adapter(tmp_path / "b", _modules(np.random.default_rng(12)), r=4, alpha=4,
-                                extra_config={"peft_type": "IA3"})
+    folder = write_peft_adapter(
+        tmp_path / "b", _modules(np.random.default_rng(12)), r=4, alpha=4, extra_config={"peft_type": "IA3"}
+    )
     with pytest.raises(EdgeEigenLoraError, match=r"field 'peft_type' is 'IA3'; only LoRA"):
         read_adapter(folder)

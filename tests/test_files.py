@@ -63,7 +63,9 @@ def test_task_round_trip_and_wrong_basis(tmp_path, bank):
         np.testing.assert_array_equal(loaded.coefficients[m][1], b)
     np.testing.assert_array_equal(loaded.head_weight, task.head_weight)
     other = fit_basis(bank, SubspaceConfig(k=4), progress=False)
-    with pytest.raises(EdgeEigenLoraError, match=rf"trained for basis {basis.short_id} but .* basis {other.short_id}"):
+    with pytest.raises(
+        EdgeEigenLoraError, match=rf"trained for basis {basis.short_id} but .* basis {other.short_id}"
+    ):
         load_task(path, expected_basis=other.fingerprint)
 
 

@@ -24,8 +24,14 @@ def tiny_llama(minilm):
     _, tokenizer = minilm  # a real WordPiece vocabulary for the real text
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, attn_implementation="eager",
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        attn_implementation="eager",
     )
     return LlamaForCausalLM(config).eval(), tokenizer
 
@@ -38,8 +44,14 @@ def llama_basis(tmp_path_factory):
     for i in range(3):
         mods = {}
         for layer in range(2):
-            mods[f"model.layers.{layer}.self_attn.q_proj"] = (rng.standard_normal((4, 64)), rng.standard_normal((64, 4)))
-            mods[f"model.layers.{layer}.self_attn.v_proj"] = (rng.standard_normal((4, 64)), rng.standard_normal((32, 4)))
+            mods[f"model.layers.{layer}.self_attn.q_proj"] = (
+                rng.standard_normal((4, 64)),
+                rng.standard_normal((64, 4)),
+            )
+            mods[f"model.layers.{layer}.self_attn.v_proj"] = (
+                rng.standard_normal((4, 64)),
+                rng.standard_normal((32, 4)),
+            )
         dirs.append(write_peft_adapter(root / f"a{i}", mods, r=4, alpha=4, base_model="tiny-llama"))
     return fit_basis(load_bank(dirs), SubspaceConfig(k=8), progress=False)
 

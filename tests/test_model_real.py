@@ -53,7 +53,9 @@ def test_zero_delta_attach_leaves_outputs_unchanged_and_trains_only_coefficients
     attach_basis(model, basis, rank=8)
     assert torch.max(torch.abs(_hidden(model, tokenizer) - reference)).item() < 1e-6
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert len(trainable) == 24 and all(n.rsplit(".", 1)[-1].startswith("eigenlora_alpha_") for n in trainable)
+    assert len(trainable) == 24 and all(
+        n.rsplit(".", 1)[-1].startswith("eigenlora_alpha_") for n in trainable
+    )
     assert count_coefficients(model) == 12 * 2 * 16 * 8
 
 
@@ -71,10 +73,15 @@ def test_adapter_path_equals_dense_delta_and_merge_unmerge_detach(minilm, basis)
     merge(model)
     assert torch.max(torch.abs(_hidden(model, tokenizer) - unmerged)).item() < 1e-4
     unmerge(model)
-    assert torch.max(torch.abs(model.encoder.layer[0].attention.self.query.base.weight - original_q)).item() < 1e-6
+    assert (
+        torch.max(torch.abs(model.encoder.layer[0].attention.self.query.base.weight - original_q)).item()
+        < 1e-6
+    )
     detach_basis(model)
     assert isinstance(model.encoder.layer[0].attention.self.query, torch.nn.Linear)
-    assert torch.max(torch.abs(_hidden(model, tokenizer) - _hidden(encoder, tokenizer))).item() < 1e-4  # fp32 merge round-off
+    assert (
+        torch.max(torch.abs(_hidden(model, tokenizer) - _hidden(encoder, tokenizer))).item() < 1e-4
+    )  # fp32 merge round-off
 
 
 def test_task_file_round_trip_and_foreign_basis(tmp_path, minilm, basis, minilm_bank_dirs):
@@ -90,7 +97,9 @@ def test_task_file_round_trip_and_foreign_basis(tmp_path, minilm, basis, minilm_
     assert torch.max(torch.abs(got - expected)).item() < 1e-6
     other = fit_basis(load_bank(minilm_bank_dirs), SubspaceConfig(k=8), progress=False)
     foreign = TextClassifier(attach_basis(copy.deepcopy(encoder), other, rank=8), num_labels=3)
-    with pytest.raises(EdgeEigenLoraError, match=rf"trained for basis {basis.short_id} but the model carries basis"):
+    with pytest.raises(
+        EdgeEigenLoraError, match=rf"trained for basis {basis.short_id} but the model carries basis"
+    ):
         apply_task(foreign, load_task(path))
 
 
@@ -126,13 +135,21 @@ def test_short_coefficient_training_beats_the_majority_class(minilm, basis):
 
     encoder, tokenizer = minilm
     data = load_data("semantic_pos_from_gloss", seed=0, max_per_class=120)
-    clf = TextClassifier(attach_basis(copy.deepcopy(encoder), basis, rank=8), num_labels=len(data.label_names))
+    clf = TextClassifier(
+        attach_basis(copy.deepcopy(encoder), basis, rank=8), num_labels=len(data.label_names)
+    )
     for p in clf.head.parameters():
         p.requires_grad_(True)
     test = (data.test.texts, data.test.labels)
     before = evaluate_classifier(clf, tokenizer, *test, max_length=48)
     config = TrainConfig(epochs=2, batch_size=16, lr=5e-3, head_lr=1e-2, max_length=48, progress=False)
-    train_classifier(clf, tokenizer, (data.train.texts, data.train.labels), (data.validation.texts, data.validation.labels), config)
+    train_classifier(
+        clf,
+        tokenizer,
+        (data.train.texts, data.train.labels),
+        (data.validation.texts, data.validation.labels),
+        config,
+    )
     after = evaluate_classifier(clf, tokenizer, *test, max_length=48)
     majority = np.bincount(data.test.labels).max() / len(data.test.labels)
     assert after["loss"] < before["loss"] - 0.2

@@ -74,11 +74,15 @@ def test_gauge_free_basis_ignores_the_factorization_and_factors_method_does_not(
         for tag, bank in (("orig", adapters), ("gauge", regauged))
     ]
     paper = [
-        fit_basis(_bank(tmp_path / f"p{tag}", bank), SubspaceConfig(method="factors", **config), progress=False)
+        fit_basis(
+            _bank(tmp_path / f"p{tag}", bank), SubspaceConfig(method="factors", **config), progress=False
+        )
         for tag, bank in (("orig", adapters), ("gauge", regauged))
     ]
     for side in ("U_A", "U_B"):
-        angles_free = subspace.principal_angles(getattr(free[0].modules[MODULE], side), getattr(free[1].modules[MODULE], side))
+        angles_free = subspace.principal_angles(
+            getattr(free[0].modules[MODULE], side), getattr(free[1].modules[MODULE], side)
+        )
         angles_paper = subspace.principal_angles(
             getattr(paper[0].modules[MODULE], side), getattr(paper[1].modules[MODULE], side)
         )
@@ -94,9 +98,13 @@ def test_augmentation_is_orthonormal_and_orthogonal_to_the_basis(tmp_path):
     assert (mb.k, mb.p, mb.U_A.shape, mb.U_B.shape) == (6, 10, (40, 16), (32, 16))
     for U in (mb.U_A.astype(np.float64), mb.U_B.astype(np.float64)):
         np.testing.assert_allclose(U.T @ U, np.eye(16), atol=1e-6)
-    again = fit_basis(_bank(tmp_path / "again", adapters), SubspaceConfig(k=6, augment=10, seed=7), progress=False)
+    again = fit_basis(
+        _bank(tmp_path / "again", adapters), SubspaceConfig(k=6, augment=10, seed=7), progress=False
+    )
     np.testing.assert_array_equal(again.modules[MODULE].U_A, mb.U_A)
-    other = fit_basis(_bank(tmp_path / "other", adapters), SubspaceConfig(k=6, augment=10, seed=8), progress=False)
+    other = fit_basis(
+        _bank(tmp_path / "other", adapters), SubspaceConfig(k=6, augment=10, seed=8), progress=False
+    )
     assert not np.allclose(other.modules[MODULE].U_A[:, 6:], mb.U_A[:, 6:])
 
 
@@ -104,7 +112,9 @@ def test_k_larger_than_the_stack_is_refused_or_clipped(tmp_path):
     rng = np.random.default_rng(6)
     adapters = [(rng.standard_normal((4, 40)), rng.standard_normal((32, 4))) for _ in range(2)]
     bank = _bank(tmp_path, adapters)
-    with pytest.raises(EdgeEigenLoraError, match=r"k=9 but the stack of 2 adapters supports only 8 .*--clip-k"):
+    with pytest.raises(
+        EdgeEigenLoraError, match=r"k=9 but the stack of 2 adapters supports only 8 .*--clip-k"
+    ):
         fit_basis(bank, SubspaceConfig(k=9), progress=False)
     clipped = fit_basis(bank, SubspaceConfig(k=9, clip_k=True), progress=False)
     assert clipped.modules[MODULE].k == 8
