@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,11 @@ class LoraAdapter:
     name: str
     path: Path
     base_model: str | None
-    modules: dict[str, LoraFactors]
+    modules: Mapping[str, LoraFactors]
     config: dict[str, Any] = field(repr=False)
+    shapes: dict[str, tuple[int, int]] = field(
+        default_factory=dict
+    )  # module -> (d_out, d_in), from the header
 
 
 @dataclass(frozen=True)
@@ -127,85 +130,149 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _read_tensors(folder: Path, trust_pickle: bool) -> dict[str, np.ndarray]:
-    weights = folder / WEIGHTS_NAME
-    if weights.is_file():
-        tensors, _ = read_safetensors(weights, "adapter weights")
-        return tensors
-    pickled = [folder / n for n in PICKLE_NAMES if (folder / n).is_file()]
-    if not pickled:
-        raise EdgeEigenLoraError(f"{folder}: no {WEIGHTS_NAME} found. Point to the folder PEFT wrote.")
-    if not trust_pickle:
-        raise EdgeEigenLoraError(
-            f"{pickled[0]} is a pickled PyTorch file; loading it could run arbitrary code. Convert it to "
-            f"{WEIGHTS_NAME}, or pass --trust-pickle (trust_pickle=True) if you trust its source."
-        )
-    import torch  # only on this explicit, trusted path
+class _TensorSource:
+    """Where an adapter's tensors come from: a safetensors file read lazily, or a trusted pickle in memory."""
 
-    try:
-        state = torch.load(pickled[0], map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types here
-        raise EdgeEigenLoraError(f"{pickled[0]} could not be loaded with weights_only=True ({exc}).") from exc
-    return {k: v.float().numpy() for k, v in state.items()}
+    def __init__(self, folder: Path, trust_pickle: bool) -> None:
+        self.path = folder / WEIGHTS_NAME
+        self._tensors: dict[str, np.ndarray] | None = None
+        if self.path.is_file():
+            from safetensors import SafetensorError, safe_open
+
+            try:
+                with safe_open(str(self.path), framework="numpy") as fh:
+                    self.shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise EdgeEigenLoraError(
+                    f"{self.path} is not a readable safetensors file ({exc}). It may be truncated or corrupt: "
+                    "re-create or re-download it."
+                ) from exc
+            return
+        pickled = [folder / n for n in PICKLE_NAMES if (folder / n).is_file()]
+        if not pickled:
+            raise EdgeEigenLoraError(f"{folder}: no {WEIGHTS_NAME} found. Point to the folder PEFT wrote.")
+        if not trust_pickle:
+            raise EdgeEigenLoraError(
+                f"{pickled[0]} is a pickled PyTorch file; loading it could run arbitrary code. Convert it to "
+                f"{WEIGHTS_NAME}, or pass --trust-pickle (trust_pickle=True) if you trust its source."
+            )
+        import torch  # only on this explicit, trusted path
+
+        self.path = pickled[0]
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types here
+            raise EdgeEigenLoraError(
+                f"{self.path} could not be loaded with weights_only=True ({exc})."
+            ) from exc
+        self._tensors = {k: v.float().numpy() for k, v in state.items()}
+        self.shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
+
+    def get(self, key: str) -> np.ndarray:
+        if self._tensors is not None:
+            return self._tensors[key]
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(self.path), framework="numpy") as fh:
+                return fh.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise EdgeEigenLoraError(f"{self.path}: tensor {key!r} could not be read ({exc}).") from exc
 
 
-def read_adapter(path: str | Path, *, name: str | None = None, trust_pickle: bool = False) -> LoraAdapter:
-    """Read one PEFT LoRA folder; fold each module's scale into B."""
+class _LazyModules(Mapping[str, LoraFactors]):
+    """Module -> factors, read from disk on each access: a bank of any size costs one module of memory."""
+
+    def __init__(self, names: list[str], load: Callable[[str], LoraFactors]) -> None:
+        self._names = names
+        self._load = load
+
+    def __getitem__(self, module: str) -> LoraFactors:
+        if module not in self._names:
+            raise KeyError(module)
+        return self._load(module)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, module: object) -> bool:
+        return module in self._names
+
+
+def read_adapter(
+    path: str | Path, *, name: str | None = None, trust_pickle: bool = False, lazy: bool = False
+) -> LoraAdapter:
+    """Read one PEFT LoRA folder; fold each module's scale into B.
+
+    lazy=True reads only the safetensors header now and each module's tensors when asked for (streaming
+    fits of large banks); shape and config checks happen here either way, NaN checks on each read.
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise EdgeEigenLoraError(f"adapter folder {folder} does not exist.")
     config = _read_config(folder)
-    tensors = _read_tensors(folder, trust_pickle)
-    sides: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in tensors.items():
+    source = _TensorSource(folder, trust_pickle)
+    sides: dict[str, dict[str, str]] = {}
+    for key in source.shapes:
         match = _KEY.match(key)
         if match is None:
             if "lora_" in key or "magnitude" in key:
                 raise EdgeEigenLoraError(
-                    f"{folder / WEIGHTS_NAME}: tensor {key!r} is not a LoRA A/B weight of a Linear layer "
+                    f"{source.path}: tensor {key!r} is not a LoRA A/B weight of a Linear layer "
                     "(embedding LoRA, DoRA and LoRA biases are not supported). Re-train without them."
                 )
             continue  # e.g. modules_to_save heads: not part of the subspace
-        sides.setdefault(match["module"], {})[match["side"]] = value
+        sides.setdefault(match["module"], {})[match["side"]] = key
     if not sides:
-        raise EdgeEigenLoraError(
-            f"{folder / WEIGHTS_NAME} holds no LoRA weights (no '*.lora_A.weight' keys)."
-        )
+        raise EdgeEigenLoraError(f"{source.path} holds no LoRA weights (no '*.lora_A.weight' keys).")
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
-    modules = {}
+    scales: dict[str, float] = {}
     for module, pair in sorted(sides.items()):
         if set(pair) != {"A", "B"}:
             raise EdgeEigenLoraError(
-                f"{folder / WEIGHTS_NAME}: module {module!r} has only lora_{''.join(pair)}; both A and B are needed."
+                f"{source.path}: module {module!r} has only lora_{''.join(pair)}; both A and B are needed."
             )
-        A, B = pair["A"].astype(np.float32), pair["B"].astype(np.float32)
-        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+        a_shape, b_shape = source.shapes[pair["A"]], source.shapes[pair["B"]]
+        if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
             raise EdgeEigenLoraError(
-                f"{folder / WEIGHTS_NAME}: module {module!r} has lora_A {A.shape} and lora_B {B.shape}; "
+                f"{source.path}: module {module!r} has lora_A {a_shape} and lora_B {b_shape}; "
                 "expected A (r x d_in) and B (d_out x r)."
             )
-        for side, array in (("A", A), ("B", B)):
-            if not np.all(np.isfinite(array)):
-                raise EdgeEigenLoraError(
-                    f"{folder / WEIGHTS_NAME}: tensor for module {module!r} lora_{side} contains NaN or Inf. "
-                    "The adapter is broken; re-train it or leave it out of the bank."
-                )
         r = int(_pattern_value(rank_pattern, module, config["r"]))
-        if r != A.shape[0]:
+        if r != a_shape[0]:
             raise EdgeEigenLoraError(
-                f"{folder / CONFIG_NAME}: module {module!r} has rank {A.shape[0]} in the weights but the config "
+                f"{folder / CONFIG_NAME}: module {module!r} has rank {a_shape[0]} in the weights but the config "
                 f"says r={r} (field 'r' or 'rank_pattern'). Fix the config so the scale is right."
             )
         alpha = float(_pattern_value(alpha_pattern, module, config["lora_alpha"]))
-        scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-        modules[module] = LoraFactors(A=A, B=(B * np.float32(scale)).astype(np.float32))
+        scales[module] = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+
+    def load(module: str) -> LoraFactors:
+        A = source.get(sides[module]["A"]).astype(np.float32)
+        B = source.get(sides[module]["B"]).astype(np.float32)
+        for side, array in (("A", A), ("B", B)):
+            if not np.all(np.isfinite(array)):
+                raise EdgeEigenLoraError(
+                    f"{source.path}: tensor for module {module!r} lora_{side} contains NaN or Inf. "
+                    "The adapter is broken; re-train it or leave it out of the bank."
+                )
+        return LoraFactors(A=A, B=(B * np.float32(scales[module])).astype(np.float32))
+
+    names = sorted(sides)
+    modules: Mapping[str, LoraFactors] = _LazyModules(names, load) if lazy else {m: load(m) for m in names}
     return LoraAdapter(
         name=name or folder.name,
         path=folder,
         base_model=config.get("base_model_name_or_path"),
         modules=modules,
         config=config,
+        shapes={
+            m: (int(source.shapes[sides[m]["B"]][0]), int(source.shapes[sides[m]["A"]][1])) for m in names
+        },
     )
 
 
@@ -217,16 +284,23 @@ def _same_base(a: str | None, b: str | None) -> bool:
 
 
 def load_bank(
-    paths: Iterable[str | Path], *, trust_pickle: bool = False, names: Sequence[str] | None = None
+    paths: Iterable[str | Path],
+    *,
+    trust_pickle: bool = False,
+    names: Sequence[str] | None = None,
+    lazy: bool = False,
 ) -> AdapterBank:
-    """Read and validate N adapters: one base model (by config and by tensor shapes), unique names."""
+    """Read and validate N adapters: one base model (by config and by tensor shapes), unique names.
+
+    lazy=True keeps only headers in memory (see read_adapter): for banks larger than memory.
+    """
     paths = list(paths)
     if not paths:
         raise EdgeEigenLoraError("the adapter bank is empty: give at least one PEFT adapter folder.")
     if names is not None and len(names) != len(paths):
         raise EdgeEigenLoraError(f"{len(names)} names given for {len(paths)} adapters.")
     adapters = [
-        read_adapter(p, name=None if names is None else names[i], trust_pickle=trust_pickle)
+        read_adapter(p, name=None if names is None else names[i], trust_pickle=trust_pickle, lazy=lazy)
         for i, p in enumerate(paths)
     ]
     seen: dict[str, Path] = {}
@@ -247,14 +321,14 @@ def load_bank(
                 f"{reference.base_model!r} ({reference.path / CONFIG_NAME}) and {adapter.base_model!r} "
                 f"({adapter.path / CONFIG_NAME}). A subspace is only shared by adapters of one base model."
             )
-        for module, factors in adapter.modules.items():
-            if module in shapes and shapes[module] != factors.shape:
+        for module, shape in adapter.shapes.items():
+            if module in shapes and shapes[module] != shape:
                 raise EdgeEigenLoraError(
-                    f"module {module!r} is {factors.shape} (d_out, d_in) in {adapter.path} but "
+                    f"module {module!r} is {shape} (d_out, d_in) in {adapter.path} but "
                     f"{shapes[module]} in {owner[module].path}: these adapters were not trained on the same "
                     "base model."
                 )
-            shapes.setdefault(module, factors.shape)
+            shapes.setdefault(module, shape)
             owner.setdefault(module, adapter)
     return AdapterBank(
         adapters=tuple(adapters), base_model=reference.base_model, module_shapes=dict(sorted(shapes.items()))

@@ -96,7 +96,7 @@ def build_adapter(
         peft_model.peft_config["default"].base_model_name_or_path = hub_name(
             str(resolve_model_path(model_name))
         )
-        peft_model.save_pretrained(tmp)
+        peft_model.save_pretrained(tmp, save_embedding_layers=False)
         head = classifier.head
         write_head(tmp, head.weight.detach().numpy(), head.bias.detach().numpy(), list(task.label_names))
         record = {

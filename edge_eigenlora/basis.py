@@ -116,24 +116,31 @@ def _tensors(modules: dict[str, ModuleBasis]) -> dict[str, np.ndarray]:
     return out
 
 
-def _side_factors(bank: AdapterBank, module: str, method: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Columns to stack for each side: A_i^T (d_in x r_i) and B_i (d_out x r_i)."""
-    a_cols, b_cols = [], []
+def _stack_sides(
+    bank: AdapterBank, module: str, method: str, shape: tuple[int, int]
+) -> tuple[subspace.StreamedPrincipalDirections, subspace.StreamedPrincipalDirections, int]:
+    """Stream the bank's factors of one module into the two sides' solvers: A_i^T (d_in x r_i), B_i (d_out x r_i).
+
+    Each adapter's module is read once and dropped, so a lazily loaded bank costs one module of memory.
+    """
+    d_out, d_in = shape
+    side_a, side_b = subspace.StreamedPrincipalDirections(d_in), subspace.StreamedPrincipalDirections(d_out)
+    count = 0
     for adapter in bank.adapters_with(module):
         f = adapter.modules[module]
         A, B = subspace.balanced_factors(f.A, f.B) if method == "gauge_free" else (f.A, f.B)
-        a_cols.append(np.asarray(A, np.float64).T)
-        b_cols.append(np.asarray(B, np.float64))
-    return a_cols, b_cols
+        side_a.add(np.asarray(A, np.float64).T)
+        side_b.add(np.asarray(B, np.float64))
+        count += 1
+    return side_a, side_b, count
 
 
 def fit_module(bank: AdapterBank, module: str, config: SubspaceConfig) -> tuple[ModuleBasis, str | None]:
     """Fit one module; returns the basis and a warning when k had to be clipped."""
-    a_cols, b_cols = _side_factors(bank, module, config.method)
-    stack_a, stack_b = subspace.stack_columns(a_cols), subspace.stack_columns(b_cols)
-    u_a, s_a = subspace.principal_directions(stack_a)
-    u_b, s_b = subspace.principal_directions(stack_b)
-    supported = min(subspace.numerical_rank(s_a, stack_a.shape), subspace.numerical_rank(s_b, stack_b.shape))
+    side_a, side_b, count = _stack_sides(bank, module, config.method, bank.module_shapes[module])
+    u_a, s_a, rank_a = side_a.finish()
+    u_b, s_b, rank_b = side_b.finish()
+    supported = min(rank_a, rank_b)
     if supported == 0:
         raise EdgeEigenLoraError(f"module {module!r}: every adapter's delta W is zero; nothing to fit.")
     if config.k is not None:
@@ -144,7 +151,7 @@ def fit_module(bank: AdapterBank, module: str, config: SubspaceConfig) -> tuple[
     warning = None
     if k > supported:
         message = (
-            f"module {module!r}: k={k} but the stack of {len(a_cols)} adapters supports only {supported} "
+            f"module {module!r}: k={k} but the stack of {count} adapters supports only {supported} "
             "independent directions"
         )
         if not config.clip_k:
@@ -167,23 +174,23 @@ def fit_module(bank: AdapterBank, module: str, config: SubspaceConfig) -> tuple[
     aug_b = subspace.orthogonal_complement_directions(
         basis_b, p, np.random.default_rng(subspace.module_seed(config.seed, module, "B"))
     )
-    names = tuple(a.name for a in bank.adapters_with(module))
     U_A = np.concatenate([basis_a, aug_a], axis=1)
     U_B = np.concatenate([basis_b, aug_b], axis=1)
     users = bank.adapters_with(module)
-    mean_core = sum(
-        (U_B.T @ u.modules[module].B.astype(np.float64)) @ (u.modules[module].A.astype(np.float64) @ U_A)
-        for u in users
-    ) / len(users)
+    mean_core = np.zeros((U_B.shape[1], U_A.shape[1]))
+    for adapter in users:  # second pass: the bank's mean delta W in basis coordinates, for init="bank"
+        f = adapter.modules[module]
+        mean_core += (U_B.T @ f.B.astype(np.float64)) @ (f.A.astype(np.float64) @ U_A)
+    mean_core /= len(users)
     return (
         ModuleBasis(
             U_A=U_A.astype(np.float32),
             U_B=U_B.astype(np.float32),
             k=k,
             p=p,
-            singular_values_A=s_a,
-            singular_values_B=s_b,
-            adapters=names,
+            singular_values_A=s_a[: side_a.columns],
+            singular_values_B=s_b[: side_b.columns],
+            adapters=tuple(a.name for a in users),
             mean_core=mean_core,
         ),
         warning,

@@ -134,3 +134,30 @@ def test_balanced_factors_reproduce_delta_with_equal_norms():
     A2, B2 = subspace.balanced_factors(A, B)
     np.testing.assert_allclose(B2 @ A2, B @ A, atol=1e-10)
     np.testing.assert_allclose(np.linalg.norm(A2, axis=1), np.linalg.norm(B2, axis=0), rtol=1e-10)
+
+
+def test_streamed_gram_solver_matches_the_exact_svd_when_the_stack_is_wider_than_d():
+    rng = np.random.default_rng(8)
+    blocks = [rng.standard_normal((30, 4)) * (1 + i % 3) for i in range(40)]  # 160 columns > 30 rows
+    streamed = subspace.StreamedPrincipalDirections(30)
+    for b in blocks:
+        streamed.add(b)
+    u, s, rank = streamed.finish()
+    assert streamed.uses_gram and rank == 30
+    u_exact, s_exact = subspace.principal_directions(subspace.stack_columns(blocks))
+    np.testing.assert_allclose(s, s_exact, rtol=1e-9)
+    assert np.max(subspace.principal_angles(u[:, :10], u_exact[:, :10])) < 1e-7
+
+
+def test_lazy_bank_gives_the_same_basis_as_an_eager_one(tmp_path):
+    rng = np.random.default_rng(9)
+    adapters = [
+        (rng.standard_normal((4, 12)), rng.standard_normal((10, 4))) for _ in range(6)
+    ]  # 24 cols > 12 rows
+    dirs = [
+        write_peft_adapter(tmp_path / f"a{i}", {MODULE: ab}, r=4, alpha=8) for i, ab in enumerate(adapters)
+    ]
+    eager = fit_basis(load_bank(dirs), SubspaceConfig(k=6), progress=False)
+    lazy = fit_basis(load_bank(dirs, lazy=True), SubspaceConfig(k=6), progress=False)
+    assert np.max(subspace.principal_angles(eager.modules[MODULE].U_A, lazy.modules[MODULE].U_A)) < 1e-6
+    np.testing.assert_allclose(eager.modules[MODULE].mean_core, lazy.modules[MODULE].mean_core, atol=1e-5)
