@@ -180,7 +180,7 @@ class _TensorSource:
             raise EdgeEigenLoraError(f"{self.path}: tensor {key!r} could not be read ({exc}).") from exc
 
 
-class _LazyModules(Mapping[str, LoraFactors]):
+class LazyModules(Mapping[str, LoraFactors]):
     """Module -> factors, read from disk on each access: a bank of any size costs one module of memory."""
 
     def __init__(self, names: list[str], load: Callable[[str], LoraFactors]) -> None:
@@ -263,7 +263,7 @@ def read_adapter(
         return LoraFactors(A=A, B=(B * np.float32(scales[module])).astype(np.float32))
 
     names = sorted(sides)
-    modules: Mapping[str, LoraFactors] = _LazyModules(names, load) if lazy else {m: load(m) for m in names}
+    modules: Mapping[str, LoraFactors] = LazyModules(names, load) if lazy else {m: load(m) for m in names}
     return LoraAdapter(
         name=name or folder.name,
         path=folder,

@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="edge-eigenlora",
-        description=__doc__.split("\n")[0],
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -362,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-linear", action="store_true", help="adapt every Linear layer instead")
     _add_train_flags(p, lr=1e-3)
     p.set_defaults(func=_cmd_build_bank)
+
+    from edge_eigenlora.export_cli import add_export_commands
+
+    add_export_commands(sub)
 
     p = sub.add_parser("data", help="list the real labelled tasks installed on this machine")
     p.set_defaults(func=_cmd_data)
