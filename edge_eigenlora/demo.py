@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,6 @@ def run_demo(
     out_dir: str | Path = "out/demo", cache_dir: str | Path | None = None, config: DemoConfig | None = None
 ) -> dict[str, Any]:
     """Run the demo end to end; print progress and the comparison; write summary.json in out_dir."""
-    import torch
-
     from edge_eigenlora import datasets
     from edge_eigenlora.adapters import load_bank
     from edge_eigenlora.bank import LoraSpec, build_bank, train_lora_classifier
@@ -71,7 +70,6 @@ def run_demo(
     config = config or DemoConfig()
     out = Path(out_dir)
     cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "edge-eigenlora" / "demo"
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
 
     print(f"[1/4] bank: {len(config.bank_tasks)} real PEFT LoRA adapters (r=8, q/v) on {DEFAULT_ENCODER}")
@@ -129,52 +127,46 @@ def run_demo(
         max_steps=150,
         seed=config.seed,
     )
-    rows = []
+    hidden = next(iter(basis.modules.values())).shape[1]  # q's input width = the encoder's hidden size
+    head_params = (len(data.label_names)) * (hidden + 1)  # the linear head's weight and bias
 
-    t0 = time.perf_counter()
-    task, classifier, tokenizer, _ = train_task(
-        basis,
-        train,
-        val,
-        data.label_names,
-        name=config.held_out,
-        rank=config.rank,
-        init=config.init,
-        config=replace(budget, lr=5e-3),
-        desc="EigenLoRAx",
-    )
-    seconds = time.perf_counter() - t0
-    accuracy = evaluate_classifier(classifier, tokenizer, *test, max_length=budget.max_length)["accuracy"]
-    save_task(task, out / f"{config.held_out}.safetensors")
-    head = task.head_weight.size + task.head_bias.size
-    rows.append(
-        _row(
-            f"EigenLoRAx K={config.subspace.k} r={config.rank}",
-            accuracy,
-            task.num_parameters(False),
-            head,
-            seconds,
+    def compare(method: str, fit: Callable[[], tuple[Any, Any, int]]) -> dict[str, Any]:
+        """Train one way, then test: the same data, step budget and evaluation for every method."""
+        t0 = time.perf_counter()
+        classifier, tokenizer, adapter_params = fit()
+        seconds = time.perf_counter() - t0
+        accuracy = evaluate_classifier(classifier, tokenizer, *test, max_length=budget.max_length)["accuracy"]
+        return _row(method, accuracy, adapter_params, head_params, seconds)
+
+    def eigenlora() -> tuple[Any, Any, int]:
+        task, classifier, tokenizer, _ = train_task(
+            basis, train, val, data.label_names, name=config.held_out, rank=config.rank, init=config.init,
+            config=replace(budget, lr=5e-3), desc="EigenLoRAx",
+        )  # fmt: skip
+        save_task(task, out / f"{config.held_out}.safetensors")
+        return classifier, tokenizer, task.num_parameters(include_head=False)
+
+    def lora() -> tuple[Any, Any, int]:
+        classifier, tokenizer, _ = train_lora_classifier(
+            DEFAULT_ENCODER, data, spec=LoraSpec(), config=budget, seed=config.seed, desc="LoRA r=8"
         )
-    )
+        return (
+            classifier,
+            tokenizer,
+            sum(p.numel() for p in classifier.encoder.parameters() if p.requires_grad),
+        )
 
-    t0 = time.perf_counter()
-    lora, tokenizer, _ = train_lora_classifier(
-        DEFAULT_ENCODER, data, spec=LoraSpec(), config=budget, seed=config.seed, desc="LoRA r=8"
-    )
-    seconds = time.perf_counter() - t0
-    accuracy = evaluate_classifier(lora, tokenizer, *test, max_length=budget.max_length)["accuracy"]
-    lora_params = sum(p.numel() for n, p in lora.encoder.named_parameters() if p.requires_grad)
-    rows.append(_row("LoRA r=8 (PEFT)", accuracy, lora_params, head, seconds))
+    def head_only() -> tuple[Any, Any, int]:
+        encoder, tokenizer = load_encoder(DEFAULT_ENCODER)
+        classifier = TextClassifier(encoder.requires_grad_(False), len(data.label_names))
+        train_classifier(classifier, tokenizer, train, val, replace(budget, lr=3e-3), desc="head only")
+        return classifier, tokenizer, 0
 
-    t0 = time.perf_counter()
-    encoder, tokenizer = load_encoder(DEFAULT_ENCODER)
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    head_only = TextClassifier(encoder, len(data.label_names))
-    train_classifier(head_only, tokenizer, train, val, replace(budget, lr=3e-3), desc="head only")
-    seconds = time.perf_counter() - t0
-    accuracy = evaluate_classifier(head_only, tokenizer, *test, max_length=budget.max_length)["accuracy"]
-    rows.append(_row("head only", accuracy, 0, head, seconds))
+    rows = [
+        compare(f"EigenLoRAx K={config.subspace.k} r={config.rank}", eigenlora),
+        compare("LoRA r=8 (PEFT)", lora),
+        compare("head only", head_only),
+    ]
 
     majority = float(np.bincount(data.test.labels).max() / len(data.test))
     summary = {
