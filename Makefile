@@ -5,12 +5,28 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env demo test test-all lint format bench clean
+.PHONY: env demo test test-all lint format bench android-core arm64 clean
 
 $(VENV)/.ready: pyproject.toml requirements/constraints.txt requirements/data-packages.txt scripts/setup_env.sh
 	bash scripts/setup_env.sh
 
 env: $(VENV)/.ready
+
+# The Android demo's JVM core: kotlinc from npm into .tools/, JUnit from Debian (scripts/install_kotlin_toolchain.sh).
+KOTLIN_READY := .tools/kotlin/.ready
+$(KOTLIN_READY): scripts/install_kotlin_toolchain.sh
+	bash scripts/install_kotlin_toolchain.sh
+
+# ARM64 under qemu-user: a Debian arm64 root + the real aarch64 onnxruntime wheel, cached outside git.
+ARM64_READY := $(HOME)/.cache/edge-eigenlora/arm64/site/.wheels
+$(ARM64_READY): scripts/setup_arm64.sh
+	bash scripts/setup_arm64.sh
+
+android-core: $(KOTLIN_READY)
+	bash scripts/android_core_test.sh
+
+arm64: $(VENV)/.ready $(ARM64_READY)
+	$(PY) -m pytest -q -m slow tests/test_arm64.py
 
 demo: $(VENV)/.ready
 	$(VENV)/bin/edge-eigenlora demo
@@ -23,10 +39,10 @@ format: $(VENV)/.ready
 	$(VENV)/bin/ruff format edge_eigenlora tests benchmarks scripts
 	$(VENV)/bin/ruff check --fix edge_eigenlora tests benchmarks scripts
 
-test: lint
+test: lint $(KOTLIN_READY)
 	$(PY) -m pytest -q
 
-test-all: lint
+test-all: lint $(KOTLIN_READY) $(ARM64_READY)
 	$(PY) -m pytest -q -m ""
 
 clean:
