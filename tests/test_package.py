@@ -32,5 +32,16 @@ def test_cli_help_documents_every_subcommand():
     result = subprocess.run(
         [sys.executable, "-m", "edge_eigenlora.cli", "--help"], capture_output=True, text=True, check=True
     )
-    for command in ("fit", "inspect", "train", "compress", "to-peft", "build-bank", "export", "bundle", "data", "demo"):
+    for command in (
+        "fit",
+        "inspect",
+        "train",
+        "compress",
+        "to-peft",
+        "build-bank",
+        "export",
+        "bundle",
+        "data",
+        "demo",
+    ):
         assert command in result.stdout

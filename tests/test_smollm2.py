@@ -31,12 +31,22 @@ def basis(tmp_path_factory, smollm2):
     model, _ = smollm2
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("smol_bank")
-    shapes = {n: (m.out_features, m.in_features) for n, m in model.named_modules() if n.endswith(("q_proj", "v_proj"))}
+    shapes = {
+        n: (m.out_features, m.in_features)
+        for n, m in model.named_modules()
+        if n.endswith(("q_proj", "v_proj"))
+    }
     dirs = []
     for i in range(3):
-        mods = {n: (rng.standard_normal((4, d_in)) * 0.02, rng.standard_normal((d_out, 4)) * 0.02)
-                for n, (d_out, d_in) in shapes.items()}
-        dirs.append(write_peft_adapter(root / f"a{i}", mods, r=4, alpha=8, base_model="HuggingFaceTB/SmolLM2-135M-Instruct"))
+        mods = {
+            n: (rng.standard_normal((4, d_in)) * 0.02, rng.standard_normal((d_out, 4)) * 0.02)
+            for n, (d_out, d_in) in shapes.items()
+        }
+        dirs.append(
+            write_peft_adapter(
+                root / f"a{i}", mods, r=4, alpha=8, base_model="HuggingFaceTB/SmolLM2-135M-Instruct"
+            )
+        )
     return fit_basis(load_bank(dirs), SubspaceConfig(k=8), progress=False)
 
 
