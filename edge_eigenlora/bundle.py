@@ -232,7 +232,7 @@ def new_manifest(*, kind: str, base_model: dict, basis: dict, layout: Coefficien
     }
 
 
-def _inside(root: Path, rel: str, where: str) -> Path:
+def inside_bundle(root: Path, rel: str, where: str) -> Path:
     path = (root / rel).resolve()
     if os.path.isabs(rel) or not path.is_relative_to(root.resolve()):
         raise EdgeEigenLoraError(
@@ -301,7 +301,7 @@ def verify_bundle(root: str | os.PathLike[str]) -> Manifest:
     manifest = read_manifest(root)
     where = root / MANIFEST
     for rel, digest in manifest.data["files"].items():
-        path = _inside(root, rel, str(where))
+        path = inside_bundle(root, rel, str(where))
         if not path.is_file():
             raise EdgeEigenLoraError(
                 f"bundle file {rel} listed in {where} is missing; re-copy the bundle or re-export it."
@@ -341,7 +341,7 @@ def load_bundle_task(bundle: str | os.PathLike[str] | Manifest, name: str) -> Ta
         raise EdgeEigenLoraError(
             f"task {name!r} is not in bundle {manifest.root}; it has {sorted(manifest.tasks)}."
         )
-    path = _inside(manifest.root, manifest.tasks[name]["file"], str(manifest.root / MANIFEST))
+    path = inside_bundle(manifest.root, manifest.tasks[name]["file"], str(manifest.root / MANIFEST))
     task = load_task(path, expected_basis=manifest.basis_fingerprint)
     check_task_fits(
         task, manifest.layout, manifest.kind, manifest.hidden_size, where=f"task file {path.name}"
@@ -379,7 +379,7 @@ def row_feeds(tasks: list[Task], manifest: Manifest) -> dict[str, np.ndarray]:
 def register_file(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
     """Re-hash the bundle's files after writing `path` into it (manifest rewritten atomically)."""
     manifest = read_manifest(root)
-    _inside(Path(root), Path(path).relative_to(Path(root)).as_posix(), str(path))
+    inside_bundle(Path(root), Path(path).relative_to(Path(root)).as_posix(), str(path))
     write_manifest(root, manifest.data)
 
 
@@ -396,7 +396,7 @@ def add_task_object(root: str | os.PathLike[str], task: Task) -> str:
         )
     check_task_fits(task, manifest.layout, manifest.kind, manifest.hidden_size, where=f"task {name!r}")
     rel = f"tasks/{name}.safetensors"
-    save_task(task, _inside(root, rel, "task name"))
+    save_task(task, inside_bundle(root, rel, "task name"))
     data = manifest.data
     data.setdefault("tasks", {})[name] = {
         "file": rel, "kind": task.kind, "labels": list(task.labels),

@@ -138,7 +138,7 @@ class _ExportAdapter(nn.Module):
         return self.base(x) + (x @ self._a_t) @ self._b_t
 
 
-class _AdapterGraph(nn.Module):
+class AdapterGraph(nn.Module):
     """forward(input_ids, attention_mask, coefficients[, head_weight, head_bias]) -> logits."""
 
     def __init__(
@@ -169,7 +169,7 @@ class _AdapterGraph(nn.Module):
         self._set(coefficients)
         if self.kind == "causal_lm":
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        pooled = _mean_pool(self.model, input_ids, attention_mask)
+        pooled = mean_pool(self.model, input_ids, attention_mask)
         if self.per_row:
             return torch.einsum("bh,blh->bl", pooled, head_weight) + head_bias
         return pooled @ head_weight.T + head_bias
@@ -185,10 +185,10 @@ class _MergedGraph(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.kind == "causal_lm":
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return self.head(_mean_pool(self.model, input_ids, attention_mask))
+        return self.head(mean_pool(self.model, input_ids, attention_mask))
 
 
-def _mean_pool(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def mean_pool(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -208,7 +208,7 @@ def _replace_layers(model: nn.Module, make: Any) -> None:
         setattr(parent, child, make(layer))
 
 
-def _adapter_copy(model: nn.Module) -> nn.Module:
+def adapter_copy(model: nn.Module) -> nn.Module:
     """A copy of an attached model whose EigenLoraLinears are export adapters (coefficients from inputs)."""
     model = copy.deepcopy(model)
 
@@ -342,7 +342,7 @@ def build_graph(model: nn.Module, basis: Basis, rank: int, variant: str, *, kind
         module = _MergedGraph(merged, kind, head).eval()
         args, shapes = _dummy(model, False, kind, None, hidden)
     else:
-        module = _AdapterGraph(_adapter_copy(model), layout, kind, per_row=variant == "per_row").eval()
+        module = AdapterGraph(adapter_copy(model), layout, kind, per_row=variant == "per_row").eval()
         args, shapes = _dummy(model, variant == "per_row", kind, layout, hidden)
     names = list(shapes)
     return export_onnx(module, args, shapes, names), layout
@@ -413,7 +413,7 @@ def per_token_matmul_widths(model: Any) -> list[tuple[str, str, list]]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _load_model(model_name_or_path: str | os.PathLike[str], kind: str) -> tuple[nn.Module, Any, Path]:
+def load_model(model_name_or_path: str | os.PathLike[str], kind: str) -> tuple[nn.Module, Any, Path]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from edge_eigenlora.pretrained import load_encoder, resolve_model_path
@@ -444,7 +444,7 @@ def _tokenizer_files(tokenizer: Any, out: Path) -> list[str]:
     return names
 
 
-def _graph_io(model: Any) -> tuple[list[dict], list[dict]]:
+def graph_io(model: Any) -> tuple[list[dict], list[dict]]:
     from onnx import helper
 
     init = {i.name for i in model.graph.initializer}
@@ -540,7 +540,7 @@ def export_bundle(
     _refuse_existing(out)
     basis = load_basis(basis_path)
     if model is None:
-        model, tokenizer, _ = _load_model(model_name_or_path, config.kind)
+        model, tokenizer, _ = load_model(model_name_or_path, config.kind)
     else:
         model = copy.deepcopy(model).float().eval()
     kind = detect_kind(model) if config.kind == "auto" else config.kind
@@ -659,7 +659,7 @@ def _write_bundle(out: Path, protos: dict[str, Any], config: ExportConfig, parts
         proto = clean_model(proto)
         name = f"model_{variant}.onnx"
         write_bytes_atomic(out / name, proto.SerializeToString())
-        inputs, outputs = _graph_io(proto)
+        inputs, outputs = graph_io(proto)
         entry: dict[str, Any] = {
             "variant": variant, "file": name, "inputs": inputs, "outputs": outputs, "quantization": quant,
             "op_counts": op_counts(proto), "bytes": (out / name).stat().st_size,

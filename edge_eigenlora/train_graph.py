@@ -47,19 +47,19 @@ class _LossModule(nn.Module):
 
     def __init__(self, attached: nn.Module, layout: bundle_mod.CoefficientLayout) -> None:
         super().__init__()
-        from edge_eigenlora.export import _adapter_copy, _AdapterGraph
+        from edge_eigenlora.export import AdapterGraph, adapter_copy
 
-        self.graph = _AdapterGraph(_adapter_copy(attached), layout, "classification", per_row=False)
+        self.graph = AdapterGraph(adapter_copy(attached), layout, "classification", per_row=False)
         for p in self.graph.parameters():
             p.requires_grad_(False)
         self.coefficients = nn.Parameter(torch.zeros(layout.size))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 head_weight: torch.Tensor, head_bias: torch.Tensor) -> tuple[torch.Tensor, ...]:  # fmt: skip
-        from edge_eigenlora.export import _mean_pool
+        from edge_eigenlora.export import mean_pool
 
         self.graph._set(self.coefficients)
-        pooled = _mean_pool(self.graph.model, input_ids, attention_mask)
+        pooled = mean_pool(self.graph.model, input_ids, attention_mask)
         logits = pooled @ head_weight.T + head_bias
         loss = F.cross_entropy(logits, labels)
         # Closed-form head gradients on detached values: the joint graph differentiates only the parameter.
@@ -215,14 +215,14 @@ def dedupe_transposed_initializers(model: Any, min_size: int = 4096) -> Any:
 def export_train_step(model: nn.Module, basis: Basis, rank: int, out_path: str | os.PathLike[str], *,
                       ort_format: bool = False) -> dict[str, Any]:  # fmt: skip
     """Write the train-step graph (atomically) and return its manifest entry (paths relative to its folder)."""
-    from edge_eigenlora.export import _graph_io, convert_to_ort, op_counts
+    from edge_eigenlora.export import convert_to_ort, graph_io, op_counts
 
     if rank < 1:
         raise EdgeEigenLoraError(f"rank must be >= 1, got {rank}.")
     proto, layout = build_train_step(model, basis, rank)
     out_path = Path(out_path)
     write_bytes_atomic(out_path, proto.SerializeToString())
-    inputs, outputs = _graph_io(proto)
+    inputs, outputs = graph_io(proto)
     entry: dict[str, Any] = {
         "variant": TRAIN_VARIANT,
         "file": out_path.name,
@@ -248,7 +248,7 @@ def add_train_step(bundle_dir: str | os.PathLike[str], basis_path: str | os.Path
 
     The model must be the bundle's base model (checked by fingerprint) and the basis the bundle's basis.
     """
-    from edge_eigenlora.export import _load_model, base_fingerprint
+    from edge_eigenlora.export import base_fingerprint, load_model
 
     root = Path(bundle_dir)
     manifest = bundle_mod.read_manifest(root)
@@ -269,7 +269,7 @@ def add_train_step(bundle_dir: str | os.PathLike[str], basis_path: str | os.Path
         )
     if model is None:
         name = model_name_or_path or manifest.data["base_model"]["name"]
-        model, _, _ = _load_model(name, "classification")
+        model, _, _ = load_model(name, "classification")
     if base_fingerprint(model) != manifest.data["base_model"]["fingerprint"]:
         raise EdgeEigenLoraError(
             "the model's weights differ from the bundle's base model (fingerprint mismatch); pass the model the "

@@ -181,7 +181,7 @@ class DeviceRuntime:
             rel = (
                 graph.get("ort_file") if self.options.prefer_ort and graph.get("ort_file") else graph["file"]
             )
-            path = bundle_mod._inside(self.root, rel, str(self.root / bundle_mod.MANIFEST))
+            path = bundle_mod.inside_bundle(self.root, rel, str(self.root / bundle_mod.MANIFEST))
             self._sessions[variant] = make_session(path, self.options)
         return self._sessions[variant]
 
