@@ -1,0 +1,1 @@
+"""Benchmarks: accuracy (benchmarks.accuracy), controls and report; results under benchmarks/results/."""
