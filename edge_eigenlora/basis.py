@@ -39,7 +39,7 @@ class SubspaceConfig:
     """
 
     method: Method = "gauge_free"
-    k: int | None = 16
+    k: int | None = 32  # from benchmarks/results/accuracy (see benchmarks/README.md)
     variance_threshold: float | None = None
     augment: int = 0
     seed: int = 0

@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="gauge_free",
         help="gauge_free: SVD-balanced factors per adapter (default); factors: the paper's raw stacking",
     )
-    p.add_argument("--k", type=int, default=16, help="principal directions per module and side (default 16)")
+    p.add_argument("--k", type=int, default=32, help="principal directions per module and side (default 32)")
     p.add_argument(
         "--variance-threshold",
         type=float,
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init",
         choices=("zero", "bank"),
-        default="zero",
+        default="bank",
         help="zero: delta W starts at 0; bank: start from the bank's average adapter",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of data split, init and shuffling")

@@ -33,9 +33,9 @@ DEMO_HELD_OUT = "sentiment_tweets_en"
 class DemoConfig:
     bank_tasks: tuple[str, ...] = DEMO_BANK
     held_out: str = DEMO_HELD_OUT
-    subspace: SubspaceConfig = SubspaceConfig(method="gauge_free", k=16)
+    subspace: SubspaceConfig = SubspaceConfig(method="gauge_free", k=32)
     rank: int = 8
-    init: str = "zero"
+    init: str = "bank"
     held_out_per_class: int = 250
     bank_per_class: int = 250
     seed: int = 0

@@ -104,26 +104,35 @@ def attach_basis(
                 f"for {mb.shape[0]} x {mb.shape[1]}: the basis belongs to another base model."
             )
         layer = EigenLoraLinear(linear, torch.from_numpy(mb.U_A), torch.from_numpy(mb.U_B), rank)
-        if init == "bank":
-            alpha_a, alpha_b = bank_init_coefficients(mb.mean_core, rank)
-            layer.set_coefficients(torch.from_numpy(alpha_a), torch.from_numpy(alpha_b))
-        elif init == "zero":
-            layer.reset_zero_delta(generator)
-        else:
+        if init not in ("zero", "bank"):
             raise EdgeEigenLoraError(f"init must be 'zero' or 'bank', got {init!r}.")
+        layer.reset_zero_delta(generator)
+        if init == "bank":
+            random_a = layer.eigenlora_alpha_A.detach().numpy().astype(np.float64)
+            alpha_a, alpha_b = bank_init_coefficients(mb.mean_core, rank, fallback_A=random_a)
+            layer.set_coefficients(torch.from_numpy(alpha_a), torch.from_numpy(alpha_b))
         layer.basis_module = module_name  # type: ignore[assignment]
         setattr(parent, child, layer)
     model._eigenlora_basis = basis.fingerprint  # type: ignore[assignment]
     return model
 
 
-def bank_init_coefficients(mean_core: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rank-r balanced factors of the bank's mean delta in basis coordinates: core ~ alpha_B alpha_A^T."""
+def bank_init_coefficients(
+    mean_core: np.ndarray, rank: int, *, fallback_A: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-r balanced factors of the bank's mean delta in basis coordinates: core ~ alpha_B alpha_A^T.
+
+    Where the mean delta has fewer than r directions (a small or cancelling bank), the remaining columns
+    take `fallback_A` (LoRA-style random) on the A side and zero on the B side: without it both factors of
+    those columns would be zero and never receive a gradient.
+    """
     u, s, vt = np.linalg.svd(np.asarray(mean_core, np.float64))
-    r = min(rank, s.size)
+    width = s.size
+    useful = int(np.sum(s > (s[0] if width else 0.0) * 1e-6)) if width and s[0] > 0 else 0
+    r = min(rank, useful)
     root = np.sqrt(s[:r])
-    alpha_b = np.zeros((s.size, rank))
-    alpha_a = np.zeros((s.size, rank))
+    alpha_b = np.zeros((width, rank))
+    alpha_a = np.zeros((width, rank)) if fallback_A is None else np.array(fallback_A, np.float64)
     alpha_b[:, :r] = u[:, :r] * root
     alpha_a[:, :r] = vt[:r].T * root
     return alpha_a.astype(np.float32), alpha_b.astype(np.float32)

@@ -272,7 +272,7 @@ def train_task(
     name: str = "task",
     model_name: str | None = None,
     rank: int = 8,
-    init: str = "zero",
+    init: str = "bank",
     config: TrainConfig | None = None,
     desc: str = "EigenLoRAx coefficients",
 ) -> tuple[Any, nn.Module, Any, TrainResult]:

@@ -154,3 +154,17 @@ def test_short_coefficient_training_beats_the_majority_class(minilm, basis):
     majority = np.bincount(data.test.labels).max() / len(data.test.labels)
     assert after["loss"] < before["loss"] - 0.2
     assert after["accuracy"] > majority + 0.25, (after, majority)
+
+
+def test_bank_init_with_a_rank_deficient_mean_keeps_every_column_trainable():
+    from edge_eigenlora.model import bank_init_coefficients
+
+    core = np.zeros((6, 6))
+    core[0, 1] = 2.0  # the bank's mean delta has one direction; rank 3 asks for three
+    fallback = np.full((6, 3), 0.5)
+    alpha_a, alpha_b = bank_init_coefficients(core, 3, fallback_A=fallback)
+    np.testing.assert_allclose(alpha_b @ alpha_a.T, core, atol=1e-6)  # the delta is exactly the bank's mean
+    np.testing.assert_allclose(alpha_a[:, 1:], 0.5)  # the unused columns can still learn (B gets gradient)
+    np.testing.assert_allclose(alpha_b[:, 1:], 0.0)
+    zero_a, zero_b = bank_init_coefficients(np.zeros((6, 6)), 3, fallback_A=fallback)
+    assert np.all(zero_b == 0) and np.all(zero_a == 0.5)
