@@ -45,5 +45,8 @@ test: lint $(KOTLIN_READY)
 test-all: lint $(KOTLIN_READY) $(ARM64_READY)
 	$(PY) -m pytest -q -m ""
 
+bench: $(VENV)/.ready
+	$(PY) -m benchmarks.perf --config quick
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

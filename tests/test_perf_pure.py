@@ -1,0 +1,67 @@
+"""Pure parts of the performance benchmarks: paired ratios, the multiply-add model, LoRA weights found by value."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from benchmarks.latency import _macs_at, summarize
+from benchmarks.perf import _peft_key, lora_nodes, promote_to_inputs
+
+
+def _cell(base, other, peft=None):
+    times = {"base/fp32": base, "eigen_shared/fp32": other}
+    if peft is not None:
+        times["peft_unmerged/fp32"] = peft
+    return {"batch": 2, "seq": 4, "threads": 1, "times_s": times}
+
+
+def test_ratios_are_paired_per_repetition():
+    # machine load doubles in round 2 for both: paired ratios stay exactly 1.1
+    base = [[0.010, 0.010, 0.010], [0.020, 0.020, 0.020]]
+    other = [[0.011, 0.011, 0.011], [0.022, 0.022, 0.022]]
+    macs = {"base/fp32": {"per_call": 0, "per_sequence": 0, "per_token": 100, "attention": 0},
+            "eigen_shared/fp32": {"per_call": 80, "per_sequence": 0, "per_token": 110, "attention": 0}}  # fmt: skip
+    rows = {r["variant"]: r for r in summarize(_cell(base, other, peft=base), macs)}
+    r = rows["eigen_shared"]
+    assert r["ratio_p50"] == pytest.approx(1.1) and r["ratio_p90"] == pytest.approx(1.1)
+    assert r["ratio_round_p50s"] == pytest.approx([1.1, 1.1]) and r["ratio_round_spread"] == pytest.approx(0)
+    assert r["ratio_to_peft_p50"] == pytest.approx(1.1)
+    assert r["macs_per_token"] == pytest.approx((80 + 110 * 8) / 8)
+    assert r["macs_ratio"] == pytest.approx((80 + 110 * 8) / 800)
+    assert r["measured_over_expected"] == pytest.approx(1.1 / r["macs_ratio"])
+    assert rows["base"]["ratio_p50"] == 1.0 and rows["base"]["samples"] == 6
+
+
+def test_macs_polynomial():
+    m = {"per_call": 5, "per_sequence": 7, "per_token": 11, "attention": 13}
+    assert _macs_at(m, 2, 3) == 5 + 7 * 2 + 11 * 6 + 13 * 18
+
+
+def test_lora_weights_found_by_value_renamed_and_promoted():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((2, 4)).astype(np.float32)  # PEFT: A is r x d_in, B is d_out x r
+    B = rng.standard_normal((4, 2)).astype(np.float32)
+    W = rng.standard_normal((4, 4)).astype(np.float32)
+    inits = [numpy_helper.from_array(np.ascontiguousarray(A.T), "val_1"),
+             numpy_helper.from_array(np.ascontiguousarray(B.T), "val_2"), numpy_helper.from_array(W, "val_3")]  # fmt: skip
+    nodes = [helper.make_node("MatMul", ["x", "val_3"], ["h"], name="base"),
+             helper.make_node("MatMul", ["x", "val_1"], ["a"], name="lora_a"),
+             helper.make_node("MatMul", ["a", "val_2"], ["b"], name="lora_b"),
+             helper.make_node("Add", ["h", "b"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)  # fmt: skip
+    model = helper.make_model(graph)
+    peft = {"base_model.model.enc.q.lora_A.weight": A, "base_model.model.enc.q.lora_B.weight": B}
+    names, weights = lora_nodes(model, peft)
+    assert names == ["lora_a", "lora_b"] and weights == ["enc.q.lora_A_t", "enc.q.lora_B_t"]
+    assert [_peft_key(w) for w in weights] == sorted(peft)
+    promote_to_inputs(model, weights)
+    assert [i.name for i in model.graph.input] == ["x", "enc.q.lora_A_t", "enc.q.lora_B_t"]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    default = sess.run(None, {"x": x})[0]
+    assert np.allclose(default, x @ W + x @ A.T @ B.T, atol=1e-5)
+    zero = sess.run(None, {"x": x, "enc.q.lora_B_t": np.zeros((2, 4), np.float32)})[0]  # overridable default
+    assert np.allclose(zero, x @ W, atol=1e-5)
