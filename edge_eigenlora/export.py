@@ -463,12 +463,8 @@ def graph_io(model: Any) -> tuple[list[dict], list[dict]]:
     return [row(v) for v in model.graph.input if v.name not in init], [row(v) for v in model.graph.output]
 
 
-def _rename_dims(model: Any, kind: str, per_row: bool) -> None:
-    """Give the dynamic axes the contract's names (batch, seq, labels) instead of the exporter's s0, s1..."""
-    names = {"input_ids": ["batch", "seq"], "attention_mask": ["batch", "seq"]}
-    names["coefficients"] = ["batch", None] if per_row else [None]
-    names["head_weight"] = ["batch", "labels", None] if per_row else ["labels", None]
-    names["head_bias"] = ["batch", "labels"] if per_row else ["labels"]
+def rename_dynamic_dims(model: Any, names: dict[str, list[str | None]]) -> None:
+    """Rename the exporter's dynamic axes (s0, s1, ...) after the graph inputs they appear in, everywhere."""
     mapping: dict[str, str] = {}
     for vi in model.graph.input:
         for dim, new in zip(vi.type.tensor_type.shape.dim, names.get(vi.name, []), strict=False):
@@ -478,6 +474,15 @@ def _rename_dims(model: Any, kind: str, per_row: bool) -> None:
         for dim in vi.type.tensor_type.shape.dim:
             if dim.dim_param in mapping:
                 dim.dim_param = mapping[dim.dim_param]
+
+
+def _rename_dims(model: Any, kind: str, per_row: bool) -> None:
+    """Give the dynamic axes the contract's names (batch, seq, labels) instead of the exporter's s0, s1..."""
+    names = {"input_ids": ["batch", "seq"], "attention_mask": ["batch", "seq"]}
+    names["coefficients"] = ["batch", None] if per_row else [None]
+    names["head_weight"] = ["batch", "labels", None] if per_row else ["labels", None]
+    names["head_bias"] = ["batch", "labels"] if per_row else ["labels"]
+    rename_dynamic_dims(model, names)
     out = model.graph.output[0].type.tensor_type.shape.dim
     want = ["batch", "seq", "vocab"] if kind == "causal_lm" else ["batch", "labels"]
     for dim, new in zip(out, want, strict=False):

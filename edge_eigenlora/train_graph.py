@@ -162,19 +162,12 @@ def build_train_step(model: nn.Module, basis: Basis, rank: int) -> tuple[Any, bu
 
 def _name_dims(model: Any) -> None:
     """Name the dynamic axes batch / seq / labels (the exporter writes s0, s1, ...)."""
-    want = {
+    from edge_eigenlora.export import rename_dynamic_dims
+
+    rename_dynamic_dims(model, {
         "input_ids": ["batch", "seq"], "attention_mask": ["batch", "seq"], "labels": ["batch"],
         "head_weight": ["labels", None], "head_bias": ["labels"],
-    }  # fmt: skip
-    mapping: dict[str, str] = {}
-    for vi in model.graph.input:
-        for dim, new in zip(vi.type.tensor_type.shape.dim, want.get(vi.name, []), strict=False):
-            if new and dim.dim_param:
-                mapping[dim.dim_param] = new
-    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
-        for dim in vi.type.tensor_type.shape.dim:
-            if dim.dim_param in mapping:
-                dim.dim_param = mapping[dim.dim_param]
+    })  # fmt: skip
 
 
 def dedupe_transposed_initializers(model: Any, min_size: int = 4096) -> Any:

@@ -118,6 +118,31 @@ class Examples:
         return h.hexdigest()
 
 
+def split_examples(
+    name: str,
+    num_labels: int,
+    train: tuple[Sequence[str], Sequence[int]],
+    validation: tuple[Sequence[str], Sequence[int]] | None,
+    validation_fraction: float,
+    seed: int,
+) -> tuple[list[str], list[int], tuple[Sequence[str], Sequence[int]] | None]:
+    """Check the examples and, when no validation split is given, hold out a seeded fraction for one."""
+    if num_labels < 2:
+        raise EdgeEigenLoraError(f"task {name!r}: a classifier needs at least 2 labels, got {num_labels}.")
+    texts, labels = list(train[0]), list(train[1])
+    if len(texts) < 2:
+        raise EdgeEigenLoraError(
+            f"task {name!r}: {len(texts)} training examples; give at least two labelled texts."
+        )
+    if validation is None and validation_fraction > 0 and len(texts) >= 4:
+        order = np.random.default_rng(seed).permutation(len(texts))
+        n_val = max(1, round(len(texts) * validation_fraction))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        validation = ([texts[i] for i in val_idx], [labels[i] for i in val_idx])
+        texts, labels = [texts[i] for i in train_idx], [labels[i] for i in train_idx]
+    return texts, labels, validation
+
+
 def tokenize_examples(runtime: DeviceRuntime, texts: Sequence[str], labels: Sequence[int], num_labels: int,
                       where: str) -> Examples:  # fmt: skip
     """Tokenize once (truncation warns) and check every label against the head's range."""
@@ -290,21 +315,9 @@ class GradientTrainer:
             )
         self.init_task = runtime.task(init_task) if init_task is not None else None
         self.num_labels = self.init_task.num_labels if self.init_task is not None else len(self.label_names)
-        if self.num_labels < 2:
-            raise EdgeEigenLoraError(
-                f"task {name!r}: a classifier needs at least 2 labels, got {self.label_names}."
-            )
-        texts, labels = list(train[0]), list(train[1])
-        if len(texts) < 2:
-            raise EdgeEigenLoraError(
-                f"task {name!r}: {len(texts)} training examples; give at least two labelled texts."
-            )
-        if validation is None and self.config.validation_fraction > 0 and len(texts) >= 4:
-            order = np.random.default_rng(self.config.seed).permutation(len(texts))
-            n_val = max(1, round(len(texts) * self.config.validation_fraction))
-            val_idx, train_idx = order[:n_val], order[n_val:]
-            validation = ([texts[i] for i in val_idx], [labels[i] for i in val_idx])
-            texts, labels = [texts[i] for i in train_idx], [labels[i] for i in train_idx]
+        texts, labels, validation = split_examples(
+            name, self.num_labels, train, validation, self.config.validation_fraction, self.config.seed
+        )
         self.train = tokenize_examples(runtime, texts, labels, self.num_labels, "training labels")
         val = validation or ([], [])
         self.val = tokenize_examples(

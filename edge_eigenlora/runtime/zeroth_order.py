@@ -29,6 +29,7 @@ from edge_eigenlora.runtime.trainer import (
     init_params,
     make_task,
     probe_head,
+    split_examples,
     stderr_log,
     tokenize_examples,
 )
@@ -82,20 +83,9 @@ class ZerothOrderTrainer:
         self.num_labels = len(self.label_names)
         self.log = log
         self.callback = callback
-        if self.num_labels < 2:
-            raise EdgeEigenLoraError(
-                f"task {name!r}: a classifier needs at least 2 labels, got {self.label_names}."
-            )
-        texts, labels = list(train[0]), list(train[1])
-        if len(texts) < 2:
-            raise EdgeEigenLoraError(
-                f"task {name!r}: {len(texts)} training examples; give at least two labelled texts."
-            )
-        if validation is None and self.config.validation_fraction > 0 and len(texts) >= 4:
-            order = np.random.default_rng(self.config.seed).permutation(len(texts))
-            n_val = max(1, round(len(texts) * self.config.validation_fraction))
-            validation = ([texts[i] for i in order[:n_val]], [labels[i] for i in order[:n_val]])
-            texts, labels = [texts[i] for i in order[n_val:]], [labels[i] for i in order[n_val:]]
+        texts, labels, validation = split_examples(
+            name, self.num_labels, train, validation, self.config.validation_fraction, self.config.seed
+        )
         self.train = tokenize_examples(runtime, texts, labels, self.num_labels, "training labels")
         val = validation or ([], [])
         self.val = tokenize_examples(
