@@ -63,6 +63,7 @@ class ExportConfig:
     ort_format: also write .ort files (ORT Mobile) with their required-operators config.
     onnx_adapters: also write each task as an ONNX Runtime `.onnx_adapter` file (shared variant inputs).
     max_length: the tokenizer's truncation length recorded in the manifest.
+    train_step: also write the train-step graph (loss + gradients) for on-device training (classification).
     """
 
     rank: int = 8
@@ -77,6 +78,7 @@ class ExportConfig:
     merged_task: str | None = None
     max_length: int = 128
     target: str = "custom"
+    train_step: bool = False
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -550,6 +552,11 @@ def export_bundle(
         model = copy.deepcopy(model).float().eval()
     kind = detect_kind(model) if config.kind == "auto" else config.kind
     base_fp = base_fingerprint(model)
+    if config.train_step and kind != "classification":
+        raise EdgeEigenLoraError(
+            f"ExportConfig.train_step: on-device training needs a classifier, not {kind!r}."
+        )
+    base_model = copy.deepcopy(model) if config.train_step else None  # the train step attaches its own basis
     attach_basis(model, basis, rank=config.rank)
     layout = bundle_mod.CoefficientLayout.from_basis(basis, config.rank)
     hidden = int(model.config.hidden_size)
@@ -582,7 +589,12 @@ def export_bundle(
             "pad_token_id": getattr(tokenizer, "pad_token_id", None),
         },  # fmt: skip
     }
-    return _write_bundle(out, protos, config, parts, loaded)
+    written = _write_bundle(out, protos, config, parts, loaded)
+    if base_model is not None:
+        from edge_eigenlora.train_graph import add_train_step
+
+        add_train_step(written, basis_path, model=base_model, ort_format=config.ort_format)
+    return written
 
 
 def derive_bundle(
@@ -592,6 +604,11 @@ def derive_bundle(
 
     One torch export then serves every device target (the recipes in export/ use it).
     """
+    if config.train_step:
+        raise EdgeEigenLoraError(
+            "derive_bundle re-quantizes inference graphs only; add the train-step graph to the derived bundle "
+            "with edge_eigenlora.train_graph.add_train_step (or export from the model with --train-step)."
+        )
     import onnx
 
     manifest = bundle_mod.verify_bundle(src)

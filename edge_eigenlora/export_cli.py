@@ -50,6 +50,7 @@ def _config(args: argparse.Namespace) -> Any:
         "rank": args.rank, "kind": args.kind, "basis_quant": args.basis_quant, "base_quant": args.base_quant,
         "precision": args.precision, "block_size": args.block_size, "ort_format": args.ort_format,
         "onnx_adapters": args.onnx_adapters, "merged_task": args.merged_task, "max_length": args.max_length,
+        "train_step": args.train_step,
         "variants": tuple(args.variant) if args.variant else None,
     }  # fmt: skip
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -150,6 +151,8 @@ def add_export_commands(subparsers: Any) -> None:
                    help="also write .ort files + required-operators config for ORT Mobile")  # fmt: skip
     p.add_argument("--onnx-adapters", action=argparse.BooleanOptionalAction, default=None,
                    help="also write tasks as ONNX Runtime .onnx_adapter files")  # fmt: skip
+    p.add_argument("--train-step", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write the train-step graph (loss + gradients) for training on the device")  # fmt: skip
     p.add_argument(
         "--max-length", type=int, help="tokenizer truncation length recorded in the manifest (default 128)"
     )

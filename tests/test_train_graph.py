@@ -23,7 +23,6 @@ from edge_eigenlora.runtime.trainer import (
     init_params,
     make_task,
 )
-from edge_eigenlora.train_graph import add_train_step
 
 pytestmark = pytest.mark.real_model
 RANK = 8
@@ -37,11 +36,16 @@ def real(tmp_path_factory, minilm, minilm_bank_dirs):
     basis = fit_basis(load_bank(minilm_bank_dirs), SubspaceConfig(k=16), progress=False)
     basis_path = save_basis(basis, root / "basis.safetensors")
     out = export_bundle(
-        "sentence-transformers/all-MiniLM-L6-v2", basis_path, root / "bundle", model=encoder, tokenizer=tokenizer,
-        config=ExportConfig(rank=RANK, variants=("shared",), basis_quant="none", max_length=64),
-    )  # fmt: skip
-    entry = add_train_step(out, basis_path, model=encoder)
-    return {"encoder": encoder, "tokenizer": tokenizer, "basis": basis, "bundle": out, "entry": entry}
+        "sentence-transformers/all-MiniLM-L6-v2",
+        basis_path,
+        root / "bundle",
+        model=encoder,
+        tokenizer=tokenizer,
+        config=ExportConfig(
+            rank=RANK, variants=("shared",), basis_quant="none", max_length=64, train_step=True
+        ),
+    )  # fmt: skip  (export_bundle writes the train step through add_train_step)
+    return {"encoder": encoder, "tokenizer": tokenizer, "basis": basis, "bundle": out}
 
 
 def _torch_grads(real, rt, params, ids, mask, labels):
