@@ -138,8 +138,8 @@ def _stack_sides(
 def fit_module(bank: AdapterBank, module: str, config: SubspaceConfig) -> tuple[ModuleBasis, str | None]:
     """Fit one module; returns the basis and a warning when k had to be clipped."""
     side_a, side_b, count = _stack_sides(bank, module, config.method, bank.module_shapes[module])
-    u_a, s_a, rank_a = side_a.finish()
-    u_b, s_b, rank_b = side_b.finish()
+    s_a, rank_a = side_a.spectrum()
+    s_b, rank_b = side_b.spectrum()
     supported = min(rank_a, rank_b)
     if supported == 0:
         raise EdgeEigenLoraError(f"module {module!r}: every adapter's delta W is zero; nothing to fit.")
@@ -167,7 +167,7 @@ def fit_module(bank: AdapterBank, module: str, config: SubspaceConfig) -> tuple[
         raise EdgeEigenLoraError(
             f"module {module!r}: k + augment = {k + p} exceeds the layer's dimension {min(d_in, d_out)}."
         )
-    basis_a, basis_b = u_a[:, :k], u_b[:, :k]
+    basis_a, basis_b = side_a.directions(k), side_b.directions(k)
     aug_a = subspace.orthogonal_complement_directions(
         basis_a, p, np.random.default_rng(subspace.module_seed(config.seed, module, "A"))
     )

@@ -13,6 +13,19 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def _orthonormal_factor(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M, R) with X = (X M) R, X M orthonormal, from the r x r Gram matrix of X (columns X: d x r).
+
+    An r x r eigendecomposition instead of a d x r Householder QR: ~50x faster for LoRA's tall-skinny factors
+    (the QR dominated fitting 1000-adapter banks). Directions X does not span (zero eigenvalues) are dropped:
+    they carry no part of delta W.
+    """
+    values, vectors = np.linalg.eigh(X.T @ X)
+    keep = values > values.max(initial=0.0) * X.shape[0] * np.finfo(np.float64).eps * 10
+    root = np.sqrt(values[keep])
+    return vectors[:, keep] / root, root[:, None] * vectors[:, keep].T
+
+
 def balanced_factors(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gauge-free factors of delta = B @ A: (S^1/2 V^T, U S^1/2) from the thin SVD of delta.
 
@@ -21,11 +34,13 @@ def balanced_factors(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """
     A = np.asarray(A, dtype=np.float64)
     B = np.asarray(B, dtype=np.float64)
-    q_b, r_b = np.linalg.qr(B)  # d_out x r, r x r
-    q_a, r_a = np.linalg.qr(A.T)  # d_in x r, r x r
-    u, s, vt = np.linalg.svd(r_b @ r_a.T)
+    m_b, r_b = _orthonormal_factor(B)  # B = (B m_b) r_b
+    m_a, r_a = _orthonormal_factor(A.T)  # A^T = (A^T m_a) r_a
+    if r_b.shape[0] == 0 or r_a.shape[0] == 0:  # delta W = 0 (e.g. an untrained adapter): nothing to stack
+        return np.zeros((0, A.shape[1])), np.zeros((B.shape[0], 0))
+    u, s, vt = np.linalg.svd(r_b @ r_a.T, full_matrices=False)  # delta = (B m_b) u s vt (A^T m_a)^T
     root = np.sqrt(s)
-    return (root[:, None] * (vt @ q_a.T)), (q_b @ u) * root[None, :]
+    return root[:, None] * (vt @ (A.T @ m_a).T), (B @ (m_b @ u)) * root[None, :]
 
 
 def stack_columns(blocks: Sequence[np.ndarray]) -> np.ndarray:
@@ -89,17 +104,55 @@ class StreamedPrincipalDirections:
     def uses_gram(self) -> bool:
         return self._gram is not None
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """(U, singular values, numerical rank), largest first."""
+    def spectrum(self) -> tuple[np.ndarray, int]:
+        """(singular values of the whole stack, largest first; numerical rank). Call before directions()."""
         if self._gram is None:
             stack = np.concatenate(self._pending, axis=1)
-            u, s = principal_directions(stack)
-            return u, s, numerical_rank(s, stack.shape)
-        self._fold()
-        eigenvalues, vectors = np.linalg.eigh(self._gram)
-        order = np.argsort(eigenvalues)[::-1]
-        s = np.sqrt(np.clip(eigenvalues[order], 0.0, None))
-        return vectors[:, order], s, numerical_rank(s, (self.dim, self.columns), from_gram=True)
+            self._u, s = principal_directions(stack)
+            self._s, self._rank = s, numerical_rank(s, stack.shape)
+        else:
+            self._fold()
+            # eigenvalues only: ~4x cheaper than a full eigh of d x d; vectors come from directions(k)
+            eigenvalues = np.linalg.eigvalsh(self._gram)[::-1]
+            self._s = np.sqrt(np.clip(eigenvalues, 0.0, None))
+            self._rank = numerical_rank(self._s, (self.dim, self.columns), from_gram=True)
+        return self._s, self._rank
+
+    def directions(self, k: int) -> np.ndarray:
+        """The top-k principal directions (d x k)."""
+        if self._gram is None:
+            return self._u[:, :k]
+        return top_eigenvectors(self._gram, k)
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(U with every direction, singular values, numerical rank): the whole decomposition at once."""
+        s, rank = self.spectrum()
+        return self.directions(min(self.dim, s.size)), s, rank
+
+
+def top_eigenvectors(
+    gram: np.ndarray, k: int, *, oversample: int = 16, max_iter: int = 30, tol: float = 1e-10
+) -> np.ndarray:
+    """Top-k eigenvectors of a symmetric PSD matrix by block subspace iteration with Rayleigh-Ritz.
+
+    Each iteration is one d x d by d x (k + oversample) product, so k << d costs far less than a full eigh;
+    iteration stops when the Ritz values settle (relative change below `tol`). Seeded: deterministic.
+    """
+    d = gram.shape[0]
+    width = min(d, k + oversample)
+    if width >= d // 2:  # no saving: solve exactly
+        values, vectors = np.linalg.eigh(gram)
+        return vectors[:, np.argsort(values)[::-1][:k]]
+    q, _ = np.linalg.qr(gram @ np.random.default_rng(0).standard_normal((d, width)))
+    previous = None
+    for _ in range(max_iter):
+        q, _ = np.linalg.qr(gram @ q)
+        ritz = np.linalg.eigvalsh(q.T @ gram @ q)[::-1][:k]
+        if previous is not None and np.max(np.abs(ritz - previous)) <= tol * max(ritz[0], 1e-300):
+            break
+        previous = ritz
+    values, vectors = np.linalg.eigh(q.T @ gram @ q)
+    return q @ vectors[:, np.argsort(values)[::-1][:k]]
 
 
 def explained_variance(singular_values: np.ndarray) -> np.ndarray:

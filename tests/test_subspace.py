@@ -161,3 +161,24 @@ def test_lazy_bank_gives_the_same_basis_as_an_eager_one(tmp_path):
     lazy = fit_basis(load_bank(dirs, lazy=True), SubspaceConfig(k=6), progress=False)
     assert np.max(subspace.principal_angles(eager.modules[MODULE].U_A, lazy.modules[MODULE].U_A)) < 1e-6
     np.testing.assert_allclose(eager.modules[MODULE].mean_core, lazy.modules[MODULE].mean_core, atol=1e-5)
+
+
+def test_top_eigenvectors_by_subspace_iteration_match_a_full_eigh():
+    rng = np.random.default_rng(10)
+    q, _ = np.linalg.qr(rng.standard_normal((300, 300)))
+    spectrum = np.concatenate([np.linspace(50, 10, 20), np.full(280, 1.0) * np.linspace(1, 0.01, 280)])
+    gram = (q * spectrum) @ q.T
+    top = subspace.top_eigenvectors(gram, 12)
+    assert top.shape == (300, 12)
+    assert np.max(subspace.principal_angles(top, q[:, :12])) < 1e-6
+
+
+def test_balanced_factors_of_rank_deficient_and_zero_adapters():
+    rng = np.random.default_rng(11)
+    A, B = rng.standard_normal((4, 30)), rng.standard_normal((20, 4))
+    B[:, 3] = B[:, 2]  # rank 3
+    A2, B2 = subspace.balanced_factors(A, B)
+    assert (A2.shape, B2.shape) == ((3, 30), (20, 3))
+    np.testing.assert_allclose(B2 @ A2, B @ A, atol=1e-10)
+    A0, B0 = subspace.balanced_factors(A, np.zeros((20, 4)))  # an untrained LoRA (B = 0): nothing to stack
+    assert (A0.shape, B0.shape) == ((0, 30), (20, 0))
