@@ -52,3 +52,22 @@ def planted_bank(rng: np.random.Generator, n: int, r: int, d_in: int, d_out: int
         B = U_B @ rng.standard_normal((k, r))  # d_out x r
         adapters.append((A, B))
     return adapters, U_A, U_B
+
+
+def tiny_llama_bank_dirs(root: Path, n: int = 3) -> list[Path]:
+    """n PEFT adapters (r=4, seeded) for the tiny test Llama: q_proj 64 -> 64, v_proj 64 -> 32, two layers."""
+    rng = np.random.default_rng(0)
+    dirs = []
+    for i in range(n):
+        mods = {}
+        for layer in range(2):
+            mods[f"model.layers.{layer}.self_attn.q_proj"] = (
+                rng.standard_normal((4, 64)),
+                rng.standard_normal((64, 4)),
+            )
+            mods[f"model.layers.{layer}.self_attn.v_proj"] = (
+                rng.standard_normal((4, 64)),
+                rng.standard_normal((32, 4)),
+            )
+        dirs.append(write_peft_adapter(Path(root) / f"a{i}", mods, r=4, alpha=4, base_model="tiny-llama"))
+    return dirs

@@ -21,7 +21,7 @@ from edge_eigenlora.export import (
 )
 from edge_eigenlora.model import attach_basis, eigenlora_layers, task_from_model
 from edge_eigenlora.task import save_task
-from tests.helpers import write_peft_adapter
+from tests.helpers import tiny_llama_bank_dirs
 
 RANK, K = 4, 6  # hidden 64, kv 32, heads of 16, 8 rotary frequencies: K=6 appears only as the basis width
 TEXTS = ["A fortune a day keeps", "Keep the faith", "Nothing"]
@@ -41,20 +41,7 @@ def llama(tmp_path_factory, minilm):
     root = tmp_path_factory.mktemp("llama_export")
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
-    rng = np.random.default_rng(0)
-    dirs = []
-    for i in range(3):
-        mods = {}
-        for layer in range(2):
-            mods[f"model.layers.{layer}.self_attn.q_proj"] = (
-                rng.standard_normal((4, 64)),
-                rng.standard_normal((64, 4)),
-            )
-            mods[f"model.layers.{layer}.self_attn.v_proj"] = (
-                rng.standard_normal((4, 64)),
-                rng.standard_normal((32, 4)),
-            )
-        dirs.append(write_peft_adapter(root / f"a{i}", mods, r=4, alpha=4, base_model="tiny-llama"))
+    dirs = tiny_llama_bank_dirs(root)
     basis = fit_basis(load_bank(dirs), SubspaceConfig(k=K), progress=False)
     basis_path = save_basis(basis, root / "basis.safetensors")
     tasks, logits = {}, {}

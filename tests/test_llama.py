@@ -5,7 +5,6 @@ A tiny seeded Llama (a synthetic fixture for the mechanics) trained on real text
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,7 +13,7 @@ from edge_eigenlora.basis import SubspaceConfig, fit_basis
 from edge_eigenlora.compress import task_to_peft
 from edge_eigenlora.model import attach_basis, eigenlora_layers, task_from_model
 from edge_eigenlora.train import TrainConfig, evaluate_causal_lm, train_causal_lm
-from tests.helpers import write_peft_adapter
+from tests.helpers import tiny_llama_bank_dirs
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +37,8 @@ def tiny_llama(minilm):
 
 @pytest.fixture(scope="module")
 def llama_basis(tmp_path_factory):
-    rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("llama_bank")
-    dirs = []
-    for i in range(3):
-        mods = {}
-        for layer in range(2):
-            mods[f"model.layers.{layer}.self_attn.q_proj"] = (
-                rng.standard_normal((4, 64)),
-                rng.standard_normal((64, 4)),
-            )
-            mods[f"model.layers.{layer}.self_attn.v_proj"] = (
-                rng.standard_normal((4, 64)),
-                rng.standard_normal((32, 4)),
-            )
-        dirs.append(write_peft_adapter(root / f"a{i}", mods, r=4, alpha=4, base_model="tiny-llama"))
+    dirs = tiny_llama_bank_dirs(root)
     return fit_basis(load_bank(dirs), SubspaceConfig(k=8), progress=False)
 
 

@@ -138,8 +138,6 @@ def test_short_coefficient_training_beats_the_majority_class(minilm, basis):
     clf = TextClassifier(
         attach_basis(copy.deepcopy(encoder), basis, rank=8), num_labels=len(data.label_names)
     )
-    for p in clf.head.parameters():
-        p.requires_grad_(True)
     test = (data.test.texts, data.test.labels)
     before = evaluate_classifier(clf, tokenizer, *test, max_length=48)
     config = TrainConfig(epochs=2, batch_size=16, lr=5e-3, head_lr=1e-2, max_length=48, progress=False)

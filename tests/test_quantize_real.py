@@ -62,8 +62,6 @@ def test_quantization_error_and_accuracy_on_a_real_task(tmp_path, minilm, minilm
     clf = TextClassifier(
         attach_basis(copy.deepcopy(encoder), basis, rank=8), num_labels=len(data.label_names)
     )
-    for p in clf.head.parameters():
-        p.requires_grad_(True)
     config = TrainConfig(epochs=2, batch_size=16, lr=5e-3, head_lr=1e-2, max_length=48, progress=False)
     train_classifier(
         clf,
