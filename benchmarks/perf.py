@@ -49,9 +49,20 @@ VARIANTS = (
     "ort_lora",
 )
 QUANTS = ("fp32", "int8", "int4")
-MODULES = [f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")]
-HIDDEN, RANK, LABELS = 384, 8, 3
+RANK, LABELS = 8, 3
+ATTENTION_QV = ("query", "value", "q", "v")  # BERT names them query/value, MPNet q/v
 BUILD_VERSION = 1  # bump when the build changes what it writes
+
+
+def adapted_modules(encoder: Any) -> list[str]:
+    """The encoder's attention query/value projections: what every variant adapts (LoRA r=8 on q and v)."""
+    import torch
+
+    names = [n for n, m in encoder.named_modules()
+             if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in ATTENTION_QV]  # fmt: skip
+    if not names:
+        raise RuntimeError(f"no attention q/v projections (named {ATTENTION_QV}) in {type(encoder).__name__}")
+    return names
 
 
 def load_config(name_or_path: str) -> dict[str, Any]:
@@ -100,7 +111,7 @@ def build_dir(config: dict[str, Any]) -> Path:
     return CACHE / f"{Path(config['model']).name}-{build_key(config)}"
 
 
-def _task(basis: Any, name: str, seed: int) -> Any:
+def _task(basis: Any, name: str, seed: int, hidden: int) -> Any:
     """A task with random but realistic coefficients (delta W ~ a trained LoRA's norm) and a 3-label head."""
     from edge_eigenlora.task import Task
 
@@ -112,7 +123,7 @@ def _task(basis: Any, name: str, seed: int) -> Any:
             (g.standard_normal((mb.width, RANK)) * 0.02).astype(np.float32),
         )
     return Task(name=name, basis_fingerprint=basis.fingerprint, coefficients=coefficients,
-                head_weight=g.standard_normal((LABELS, HIDDEN)).astype(np.float32) * 0.1,
+                head_weight=g.standard_normal((LABELS, hidden)).astype(np.float32) * 0.1,
                 head_bias=np.zeros(LABELS, np.float32), labels=[f"l{i}" for i in range(LABELS)])  # fmt: skip
 
 
@@ -122,12 +133,13 @@ def _export_classifier(model: Any, task: Any) -> Any:
 
     from edge_eigenlora import export
 
-    head = torch.nn.Linear(HIDDEN, LABELS)
+    hidden = task.head_weight.shape[1]
+    head = torch.nn.Linear(hidden, LABELS)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(task.head_weight))
         head.bias.copy_(torch.from_numpy(task.head_bias))
     module = export._MergedGraph(model, "classification", head).eval()
-    args, shapes = export._dummy(model, False, "classification", None, HIDDEN)
+    args, shapes = export._dummy(model, False, "classification", None, hidden)
     proto = export.export_onnx(module, args, shapes, list(shapes))
     export._rename_dims(proto, "classification", False)
     return proto
@@ -218,7 +230,7 @@ def build(config: dict[str, Any]) -> Path:
     from edge_eigenlora.basis import SubspaceConfig, fit_basis, save_basis
     from edge_eigenlora.compress import task_to_peft
     from edge_eigenlora.export import ExportConfig, derive_bundle, export_bundle
-    from edge_eigenlora.pretrained import load_encoder
+    from edge_eigenlora.pretrained import hub_name, load_encoder
     from edge_eigenlora.task import save_task
     from tests.helpers import write_peft_adapter
 
@@ -227,16 +239,17 @@ def build(config: dict[str, Any]) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
+    encoder, tokenizer = load_encoder(config["model"])
+    modules, hidden = adapted_modules(encoder), encoder.config.hidden_size
     dirs = []
     for i in range(config["bank_adapters"]):
-        mods = {m: (rng.standard_normal((RANK, HIDDEN)) * 0.05, rng.standard_normal((HIDDEN, RANK)) * 0.05)
-                for m in MODULES}  # fmt: skip
+        mods = {m: (rng.standard_normal((RANK, hidden)) * 0.05, rng.standard_normal((hidden, RANK)) * 0.05)
+                for m in modules}  # fmt: skip
         dirs.append(write_peft_adapter(tmp / "bank" / f"a{i}", mods, r=RANK, alpha=2 * RANK,
-                                       base_model="sentence-transformers/all-MiniLM-L6-v2"))  # fmt: skip
+                                       base_model=hub_name(config["model"])))  # fmt: skip
     basis = fit_basis(load_bank(dirs), SubspaceConfig(k=config["k"]), progress=False)
     basis_path = save_basis(basis, tmp / "basis.safetensors")
-    encoder, tokenizer = load_encoder(config["model"])
-    tasks = [_task(basis, f"t{i}", i) for i in range(2)]
+    tasks = [_task(basis, f"t{i}", i, hidden) for i in range(2)]
     task_paths = [save_task(t, tmp / "tasks" / f"{t.name}.safetensors") for t in tasks]
     files: dict[str, dict[str, str]] = {v: {} for v in VARIANTS}
     print(f"[build] bank + basis {time.perf_counter() - t0:.0f} s", flush=True)
@@ -284,9 +297,9 @@ def build(config: dict[str, Any]) -> Path:
 
     peft_tensors = load_file(str(peft_dirs[0] / "adapter_model.safetensors"))
     l_nodes, l_weights = lora_nodes(peft_proto, peft_tensors)
-    if len(l_nodes) != 2 * len(MODULES):
+    if len(l_nodes) != 2 * len(modules):
         raise RuntimeError(
-            f"expected {2 * len(MODULES)} LoRA MatMuls in the PEFT graph, found {len(l_nodes)}"
+            f"expected {2 * len(modules)} LoRA MatMuls in the PEFT graph, found {len(l_nodes)}"
         )
     for q in config["quants"]:
         mode = {"fp32": "none", "int8": "int8", "int4": "int4"}[q]
@@ -304,7 +317,7 @@ def build(config: dict[str, Any]) -> Path:
     manifest = bundle_mod.read_manifest(tmp / "bundle_fp32")
     info = {"files": files, "lora_inputs": l_weights, "build_seconds": time.perf_counter() - t0,
             "coefficients": manifest.layout.size, "k": config["k"], "rank": RANK, "labels": LABELS,
-            "modules": MODULES, "model": config["model"]}  # fmt: skip
+            "modules": modules, "hidden": hidden, "model": config["model"]}  # fmt: skip
     (tmp / "variants.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -370,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         path = build(config)
         durations["build"] = 0.0 if cached else time.perf_counter() - start
         print(f"[perf] graphs in {path}", flush=True)
+    info = json.loads((path / "variants.json").read_text())
+    model_info = {"model": info["model"], "layers": len(info["modules"]) // 2, "k": info["k"], "rank": info["rank"],
+                  "hidden": info.get("hidden", 384)}  # fmt: skip
+    (out / "build.json").write_text(json.dumps(model_info, indent=1) + "\n")
     if "flops" in stages:
         from benchmarks.flops import variant_table
 

@@ -6,6 +6,7 @@ python -m benchmarks.perf_report benchmarks/results/perf/full
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -140,12 +141,14 @@ def render(folder: str | Path) -> Path:
     durations = _load(out, "durations.json") or {}
     ext = _load(out.parent.parent / "extraction", "results.json")
     lines = [f"# Performance: {out.name} configuration", ""]
-    lines += [f"Machine: {platform.machine()}, 2 CPU cores shared with other jobs (load average "
+    build = _load(out, "build.json") or {"model": "sentence-transformers/all-MiniLM-L6-v2", "layers": 6,
+                                          "hidden": 384, "k": 32, "rank": 8}  # fmt: skip
+    lines += [f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (load average "
               f"{', '.join(f'{x:.1f}' for x in (lat or {}).get('load_average', []))} at the end of the latency stage); "
               "onnxruntime CPU execution provider, thread counts set explicitly (intra-op = threads, inter-op 1, "
-              "no spinning). Model: the real all-MiniLM-L6-v2 (6 layers, d=384), every variant exporting the same "
-              "task (rank 8 on q and v of all 6 layers, K=32 basis, 3-label head). all-mpnet-base-v2 was not run "
-              "(its five wheels are not installed here; see docs/performance.md).", ""]  # fmt: skip
+              f"no spinning). Model: the real {build['model'].split('/')[-1]} ({build['layers']} layers, "
+              f"d={build['hidden']}), every variant exporting the same task (rank {build['rank']} on q and v of all "
+              f"{build['layers']} layers, K={build['k']} basis, 3-label head).", ""]  # fmt: skip
     if durations:
         lines += ["Stage durations (s): " + ", ".join(f"{k} {v:.0f}" for k, v in durations.items()), ""]
     targets: list[str] = []

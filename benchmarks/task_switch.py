@@ -43,7 +43,7 @@ def make_tasks(build: Path, n: int) -> Path:
     from edge_eigenlora import bundle as bundle_mod
     from edge_eigenlora import subspace
     from edge_eigenlora.basis import load_basis
-    from edge_eigenlora.task import save_task
+    from edge_eigenlora.task import load_task, save_task
 
     root = build / f"switch_tasks_{n}"
     if (root / "done").exists():
@@ -53,8 +53,9 @@ def make_tasks(build: Path, n: int) -> Path:
     manifest = bundle_mod.read_manifest(build / "bundle_fp32")
     for sub in ("eigen", "eigen_adapter", "peft", "ort_adapter"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    hidden = load_task(build / "tasks" / "t0.safetensors").head_weight.shape[1]
     for i in range(n):
-        task = _task(basis, f"s{i:03d}", 1000 + i)
+        task = _task(basis, f"s{i:03d}", 1000 + i, hidden)
         save_task(task, root / "eigen" / f"{task.name}.safetensors")
         feeds = bundle_mod.task_feeds(task, manifest)
         _adapter({k: v for k, v in feeds.items()}, root / "eigen_adapter" / f"{task.name}.onnx_adapter", ort)
@@ -68,7 +69,7 @@ def make_tasks(build: Path, n: int) -> Path:
         folder.mkdir(exist_ok=True)
         save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
         (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": RANK, "lora_alpha": RANK,
-                                                               "target_modules": ["query", "value"]}))  # fmt: skip
+                                                               "target_modules": sorted({m.rsplit(".", 1)[-1] for m in task.coefficients})}))  # fmt: skip
         save_file(
             {"weight": task.head_weight, "bias": task.head_bias}, str(folder / "classifier_head.safetensors")
         )
