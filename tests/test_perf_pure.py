@@ -65,3 +65,20 @@ def test_lora_weights_found_by_value_renamed_and_promoted():
     assert np.allclose(default, x @ W + x @ A.T @ B.T, atol=1e-5)
     zero = sess.run(None, {"x": x, "enc.q.lora_B_t": np.zeros((2, 4), np.float32)})[0]  # overridable default
     assert np.allclose(zero, x @ W, atol=1e-5)
+
+
+def test_adapted_modules_are_the_real_minilms_twelve_query_value_projections(minilm):
+    from benchmarks.perf import adapted_modules
+
+    names = adapted_modules(minilm[0])
+    assert len(names) == 12 and {n.rsplit(".", 1)[-1] for n in names} == {"query", "value"}
+    assert names[0] == "encoder.layer.0.attention.self.query"
+
+
+def test_adapted_modules_refuse_a_model_without_attention_projections():
+    import torch
+
+    from benchmarks.perf import adapted_modules
+
+    with pytest.raises(RuntimeError, match="no attention q/v projections"):
+        adapted_modules(torch.nn.Sequential(torch.nn.Linear(4, 4)))
