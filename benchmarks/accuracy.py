@@ -707,6 +707,55 @@ def spectrum_diagnostics(config: dict[str, Any]) -> list[dict]:
     return rows
 
 
+def init_drift_diagnostics(config: dict[str, Any]) -> list[dict]:
+    """Training length of the bank, measured: how far each adapter's factors moved from PEFT's seeded init.
+
+    PEFT starts A random (Kaiming) and B at zero. An A that moved little is still mostly its random init, so the
+    bank's input-side span is close to a random one whatever the tasks were. The init is rebuilt exactly
+    (`attach_lora` with the adapter's recorded seed), so no extra file is kept.
+    """
+    import copy
+
+    from safetensors.numpy import load_file
+
+    from edge_eigenlora.bank import attach_lora
+    from edge_eigenlora.pretrained import load_encoder
+
+    folder = bank_dir(config)
+    size = max(s for block in config["grid"] for s in block["bank_sizes"])
+    names = [n for n in bank_for(config["held_out"][0], size, all_task_order()) if (folder / n).is_dir()]
+    if not names:
+        return []
+    encoder, _ = load_encoder(config["model"])
+    spec = lora_spec(config)
+    rows = []
+    for name in names:
+        record = json.loads((folder / name / "training.json").read_text())
+        init = {k: v.detach().numpy() for k, v in attach_lora(copy.deepcopy(encoder), spec, record["seed"])
+                .state_dict().items() if "lora_A" in k}  # fmt: skip
+        trained = load_file(str(folder / name / "adapter_model.safetensors"))
+        drift, b_over_a = [], []
+        for key, a0 in init.items():
+            saved = key.replace(".default", "")
+            if saved not in trained:
+                continue
+            a = trained[saved]
+            b = trained[saved.replace("lora_A", "lora_B")]
+            drift.append(float(np.linalg.norm(a - a0) / np.linalg.norm(a0)))
+            b_over_a.append(float(np.linalg.norm(b) / np.linalg.norm(a)))
+        if drift:
+            rows.append(
+                {
+                    "task": name,
+                    "steps": record["steps"],
+                    "a_drift": float(np.mean(drift)),
+                    "a_drift_max": float(np.max(drift)),
+                    "b_over_a": float(np.mean(b_over_a)),
+                }
+            )
+    return rows
+
+
 class _LightBench(Workbench):
     """A Workbench without the encoder, for numpy-only diagnostics."""
 
@@ -773,6 +822,7 @@ def write_results(config: dict[str, Any], out_dir: Path | None = None) -> Path:
         "bank": bank_records(config),
         "span": span_diagnostics(config),
         "spectrum": spectrum_diagnostics(config),
+        "init_drift": init_drift_diagnostics(config),
         "durations": _durations(config),
     }
     path = out_dir / f"{config['name']}.json"

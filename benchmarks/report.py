@@ -542,6 +542,22 @@ def _span(summary: dict[str, Any]) -> list[str]:
                 f"{np.mean([r['delta_share'] for r in rs]) * 100:.1f}% |"
             )
         md.append("")
+    drift = summary.get("init_drift") or []
+    if drift:
+        a = np.array([r["a_drift"] for r in drift])
+        b = np.array([r["b_over_a"] for r in drift])
+        steps = sorted({r["steps"] for r in drift})
+        md += [
+            "Training length of the bank: how far each bank adapter's A moved from PEFT's seeded random init "
+            "(rebuilt exactly from its recorded seed), ||A - A0|| / ||A0|| averaged over its modules, and how large "
+            "B (which starts at zero) grew, ||B|| / ||A||:",
+            "",
+            "| adapters | steps trained | A drift mean (min, max) | B / A norm mean (min, max) |",
+            "|---|---|---|---|",
+            f"| {len(drift)} | {', '.join(map(str, steps))} | {a.mean():.2f} ({a.min():.2f}, {a.max():.2f}) | "
+            f"{b.mean():.2f} ({b.min():.2f}, {b.max():.2f}) |",
+            "",
+        ]
     if spectrum:
         md += [
             "Explained variance of the bank's stacked factors at K (mean over modules):",
