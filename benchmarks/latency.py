@@ -45,7 +45,9 @@ class Runner:
         info = json.loads((build / "variants.json").read_text())
         self.name = f"{variant}/{quant}"
         self.variant, self.quant = variant, quant
-        path = build / info["files"][variant][quant]
+        # base_again: a second session of the base graph, the control for session-to-session variance (where
+        # each session's weights land in memory matters when a batch-1 run streams ~100s of MB of weights)
+        path = build / info["files"]["base" if variant == "base_again" else variant][quant]
         self.session = ort.InferenceSession(str(path), sess_options=session_options(threads, arena),
                                             providers=["CPUExecutionProvider"])  # fmt: skip
         self.extra: dict[str, np.ndarray] = {}
@@ -145,7 +147,7 @@ def summarize(cell: dict[str, Any], macs: dict[str, Any]) -> list[dict[str, Any]
             row["ratio_to_peft_round_p50s"] = [
                 float(np.median(np.asarray(v) / np.asarray(w))) for v, w in zip(rounds, peft, strict=True)
             ]
-        m = macs.get(name)
+        m = macs.get(base_name if variant == "base_again" else name)
         mb = macs.get(base_name)
         if m is not None:
             total = _macs_at(m, b, s)

@@ -82,3 +82,13 @@ def test_adapted_modules_refuse_a_model_without_attention_projections():
 
     with pytest.raises(RuntimeError, match="no attention q/v projections"):
         adapted_modules(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_the_base_again_control_is_paired_with_the_base_and_costs_the_base_arithmetic():
+    base = [[0.010, 0.010], [0.020, 0.020]]
+    again = [[0.012, 0.012], [0.024, 0.024]]  # the same graph, a slower placement: 1.2 in every round
+    cell = {"batch": 1, "seq": 4, "threads": 1, "times_s": {"base/fp32": base, "base_again/fp32": again}}
+    macs = {"base/fp32": {"per_call": 0, "per_sequence": 0, "per_token": 100, "attention": 0}}
+    row = next(r for r in summarize(cell, macs) if r["variant"] == "base_again")
+    assert row["ratio_p50"] == pytest.approx(1.2) and row["macs_ratio"] == pytest.approx(1.0)
+    assert row["measured_over_expected"] == pytest.approx(1.2)
