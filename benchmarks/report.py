@@ -679,6 +679,42 @@ def _defaults(rows: Rows, tables: dict[str, list[dict]], tasks: Sequence[str], t
         sig = "clear" if d[0] > 2 * d[2] else "within 2 SE"
         md.append(f"- vs {r['label']}: {d[0] * 100:+.1f} +- {d[2] * 100:.1f} ({sig})")
     md.append("")
+    return md + _cli_default(rows, tables, tasks, top, best)
+
+
+def cli_default_method() -> str:
+    """The method name the CLI's defaults amount to (read from the library, so the report cannot drift)."""
+    import inspect
+
+    from edge_eigenlora.basis import SubspaceConfig
+    from edge_eigenlora.train import train_task
+
+    sub = SubspaceConfig()
+    init = inspect.signature(train_task).parameters["init"].default
+    return f"eigen/{sub.method}/k{sub.k}/aug{sub.augment}/{init}"
+
+
+def _cli_default(
+    rows: Rows, tables: dict[str, list[dict]], tasks: Sequence[str], top: int, best: dict
+) -> list[str]:
+    """Where the CLI's default stands: within noise of the best in low data, and against the random control."""
+    method = cli_default_method()
+    md = [f"The CLI's default (`{method}`):", ""]
+    for regime, table in tables.items():
+        row = next((r for r in table if r["method"] == method), None)
+        if row is None:
+            continue
+        best_here = max((r for r in table if r["method"].startswith("eigen/")), key=lambda r: r["mean"])
+        d = _stats(paired(rows, best_here["method"], method, regime, top, tasks))
+        rand = f"random/k{method.split('/k')[1].split('/')[0]}"
+        line = (f"- {regime} data: {row['mean'] * 100:.1f}%; the best EigenLoRAx variant there "
+                f"({best_here['label']}) is {d[0] * 100:+.1f} +- {d[2] * 100:.1f} pts ahead"
+                f" ({'within 2 SE' if d[0] <= 2 * d[2] else 'clearly'})")  # fmt: skip
+        if any(r["method"] == rand for r in table):
+            g = _stats(paired(rows, method, rand, regime, top, tasks))
+            line += f"; minus the random basis of the same K: {g[0] * 100:+.1f} +- {g[2] * 100:.1f} pts"
+        md.append(line + ".")
+    md.append("")
     return md
 
 
