@@ -342,7 +342,10 @@ class Workbench:
             for p in encoder.parameters():
                 p.requires_grad_(False)
         elif method.kind == "lora":
-            encoder = attach_lora(encoder, LoraSpec(r=method.r, alpha=2 * method.r), seed)
+            targets = lora_spec(self.config).target_modules  # the bank's q/v names (MPNet: q, v)
+            encoder = attach_lora(
+                encoder, LoraSpec(r=method.r, alpha=2 * method.r, target_modules=targets), seed
+            )
         elif method.kind == "vera":
             from peft import VeraConfig, get_peft_model
 
