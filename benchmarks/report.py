@@ -677,8 +677,11 @@ def _defaults(rows: Rows, tables: dict[str, list[dict]], tasks: Sequence[str], t
         "",
         f"Best EigenLoRAx variant on held-out tasks, {regime} data, bank of {top}: **{best['label']}** "
         f"({best['mean'] * 100:.1f}%)."
-        + (" Paired differences (best minus each other variant, points +- SE over task x seed):" if len(eig) > 1
-           else " (the only EigenLoRAx variant in this grid)"),  # fmt: skip
+        + (
+            " Paired differences (best minus each other variant, points +- SE over task x seed):"
+            if len(eig) > 1
+            else " (the only EigenLoRAx variant in this grid)"
+        ),  # fmt: skip
         "",
     ]
     for r in sorted(eig, key=lambda r: -r["mean"]):
