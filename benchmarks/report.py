@@ -681,7 +681,7 @@ def _defaults(rows: Rows, tables: dict[str, list[dict]], tasks: Sequence[str], t
             " Paired differences (best minus each other variant, points +- SE over task x seed):"
             if len(eig) > 1
             else " (the only EigenLoRAx variant in this grid)"
-        ),  # fmt: skip
+        ),
         "",
     ]
     for r in sorted(eig, key=lambda r: -r["mean"]):
