@@ -76,8 +76,16 @@ class Runner:
 
 def measure_cell(build: Path, variants: list[str], quants: list[str], batch: int, seq: int, threads: int,
                  cfg: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """Interleaved timings of all variant x quant sessions on one (batch, seq, threads) cell."""
-    runners = [Runner(build, v, q, threads, batch) for q in quants for v in variants]
+    """Interleaved timings of all variant x quant sessions on one (batch, seq, threads) cell.
+
+    Every round opens fresh sessions: where a session's weights land in memory moves a batch-1 run by several
+    percent (the base_again control measures it), so each round is a new draw and the per-round ratios show it.
+    """
+
+    def open_sessions() -> list[Runner]:
+        return [Runner(build, v, q, threads, batch) for q in quants for v in variants]
+
+    runners = open_sessions()
     inputs = make_inputs(batch, seq)
     outputs = {}
     for r in runners:
@@ -98,7 +106,13 @@ def measure_cell(build: Path, variants: list[str], quants: list[str], batch: int
         )
     )
     times: dict[str, list[list[float]]] = {r.name: [] for r in runners}
-    for _ in range(cfg["rounds"]):
+    for round_index in range(cfg["rounds"]):
+        if round_index:
+            del runners[:]  # release the previous round's sessions before opening the next
+            runners = open_sessions()
+            for r in runners:
+                for _ in range(cfg["warmup"]):
+                    r(inputs)
         round_times: dict[str, list[float]] = {r.name: [] for r in runners}
         for rep in range(reps):
             shift = rep % len(runners)
