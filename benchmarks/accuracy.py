@@ -859,7 +859,11 @@ def log_timing(config: dict[str, Any], stage: str, seconds: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="default", help="quick | default | full | path to a JSON config")
+    parser.add_argument(
+        "--config",
+        default="default",
+        help="quick | default | long | full | mpnet | mpnet_full (benchmarks/configs/) or a JSON path",
+    )
     parser.add_argument("--stage", default="all", choices=["bank", "grid", "compress", "report", "all"])
     parser.add_argument("--tasks", nargs="*", help="bank stage: train adapters for these tasks only")
     parser.add_argument(

@@ -363,7 +363,11 @@ def run_stage(module: str, config_name: str, build_path: Path, out: Path, timeou
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="quick", help="quick | full | a JSON path")
+    p.add_argument(
+        "--config",
+        default="quick",
+        help="quick | full | full_mpnet (benchmarks/configs/perf_*) or a JSON path",
+    )
     p.add_argument("--only", nargs="*", choices=("build", "flops", "latency", "switch", "memory", "report"),
                    help="stages to run (default: all)")  # fmt: skip
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results/perf/<config>)")

@@ -709,19 +709,19 @@ def cli_default_method() -> str:
 def _cli_default(rows: Rows, tables: dict[str, list[dict]], tasks: Sequence[str], top: int) -> list[str]:
     """Where the CLI's default stands: within noise of the best in low data, and against the random control."""
     method = cli_default_method()
+    rand = "random/" + method.split("/")[2]  # the random basis of the same K ("k32")
     md = [f"The CLI's default (`{method}`):", ""]
     for regime, table in tables.items():
         row = next((r for r in table if r["method"] == method), None)
         if row is None:
             continue
-        best_here = max((r for r in table if r["method"].startswith("eigen/")), key=lambda r: r["mean"])
-        d = _stats(paired(rows, best_here["method"], method, regime, top, tasks))
-        rand = f"random/k{method.split('/k')[1].split('/')[0]}"
+        best = max((r for r in table if r["method"].startswith("eigen/")), key=lambda r: r["mean"])
         line = f"- {regime} data: {row['mean'] * 100:.1f}%; "
-        if best_here["method"] == method:
+        if best["method"] == method:
             line += "the best EigenLoRAx variant run there"
         else:
-            line += (f"the best EigenLoRAx variant there ({best_here['label']}) is {d[0] * 100:+.1f} +- "
+            d = _stats(paired(rows, best["method"], method, regime, top, tasks))
+            line += (f"the best EigenLoRAx variant there ({best['label']}) is {d[0] * 100:+.1f} +- "
                      f"{d[2] * 100:.1f} pts ahead ({'within 2 SE' if d[0] <= 2 * d[2] else 'clearly'})")  # fmt: skip
         if any(r["method"] == rand for r in table):
             g = _stats(paired(rows, method, rand, regime, top, tasks))
