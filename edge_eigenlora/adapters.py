@@ -21,6 +21,22 @@ import numpy as np
 from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.fileio import read_safetensors, save_safetensors_atomic
 
+__all__ = [
+    "AdapterBank",
+    "CONFIG_NAME",
+    "ClassifierHead",
+    "HEAD_NAME",
+    "LazyModules",
+    "LoraAdapter",
+    "LoraFactors",
+    "PICKLE_NAMES",
+    "WEIGHTS_NAME",
+    "load_bank",
+    "read_adapter",
+    "read_head",
+    "write_head",
+]
+
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")

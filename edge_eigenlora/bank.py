@@ -22,6 +22,17 @@ from edge_eigenlora.adapters import CONFIG_NAME, write_head
 from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.train import TrainConfig, TrainResult, evaluate_classifier, train_classifier
 
+__all__ = [
+    "LoraSpec",
+    "RECORD_NAME",
+    "attach_lora",
+    "build_adapter",
+    "build_bank",
+    "is_finished",
+    "task_seed",
+    "train_lora_classifier",
+]
+
 RECORD_NAME = "training.json"
 
 

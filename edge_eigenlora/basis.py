@@ -19,6 +19,21 @@ from edge_eigenlora.adapters import AdapterBank
 from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.fileio import read_safetensors, save_safetensors_atomic, tensors_fingerprint
 
+__all__ = [
+    "BASIS_FORMAT",
+    "BASIS_FORMAT_VERSION",
+    "Basis",
+    "METHODS",
+    "ModuleBasis",
+    "SubspaceConfig",
+    "fit_basis",
+    "fit_module",
+    "load_basis",
+    "plot_explained_variance",
+    "save_basis",
+    "variance_report",
+]
+
 BASIS_FORMAT = "edge-eigenlora-basis"
 BASIS_FORMAT_VERSION = 1
 Method = Literal["gauge_free", "factors"]

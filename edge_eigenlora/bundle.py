@@ -1,71 +1,166 @@
-"""The bundle format: manifest, coefficient layout, task files, checksums, verify.
+"""The bundle contract: names, manifest schema, coefficient layout, task files, checksums, verify, writes.
 
-numpy + standard library only (NO torch, no onnx): the device runtime imports this module.
+numpy + standard library only (NO torch, no onnx): the device runtime imports this module. It is the one
+place that spells a graph variant, a graph input or output name, the opset or a manifest field; every other
+module (export, train step, runtime, benchmarks) uses the names and typed dataclasses defined here.
 
 A bundle is a folder:
     manifest.json                 format version, fingerprints, graphs and their inputs/outputs, layout, files
-    model_<variant>.onnx          inference graph(s) (+ .ort and .required_operators.config for ORT Mobile)
+    model_<variant>.onnx          graph structure; its large tensors live in the shared weights file
+    weights.data                  ONNX external data: every distinct tensor of every graph, stored once
+    model_<variant>.ort           ORT Mobile form (self-contained) + .required_operators.config, when asked
     tokenizer/...                 the tokenizer's files
     tasks/<name>.safetensors      one task: coefficients (+ head), bound to the basis fingerprint
-Every file except manifest.json is listed under `files` with its sha256; writes are atomic (temp + rename).
+Every file except manifest.json is listed under `files` with its sha256, hashed once when it is written.
+Writes are atomic (temp + rename); writers of an existing bundle hold `.manifest.lock`, so concurrent
+`add_task` calls from two processes both land.
 
 Packed coefficient vector (one per task, float32, length `coefficients.size` = P): basis modules in sorted
-name order; for each, alpha_A (width x r, row-major) then alpha_B (width x r). `coefficients.segments` lists
-{name: "<module>.alpha_A", offset, shape} for each piece.
+name order; for each, alpha_A (width x r, row-major) then alpha_B (width x r).
+
+Format history: version 1 stored each graph self-contained and gave the train-step entry its own fields
+(`coefficients_size`, no `bytes`); `read_manifest` migrates it in memory, and the next write stores version 2.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_eigenlora.errors import EdgeEigenLoraError
-from edge_eigenlora.fileio import sha256_file, write_json_atomic
-from edge_eigenlora.task import Task, load_task, save_task
+from edge_eigenlora.fileio import atomic_path, sha256_file, write_bytes_atomic
+from edge_eigenlora.task import Task, load_task, require_basis, save_task
+
+__all__ = [
+    "ATTENTION_MASK",
+    "BASIS_SUFFIXES",
+    "COEFFICIENTS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "GRAD_PREFIX",
+    "HEAD_BIAS",
+    "HEAD_WEIGHT",
+    "INFERENCE_VARIANTS",
+    "INPUT_IDS",
+    "KINDS",
+    "LABELS",
+    "LOGITS",
+    "LOSS",
+    "MANIFEST",
+    "MERGED",
+    "OPSET",
+    "PER_ROW",
+    "SHARED",
+    "TRAIN_PARAMS",
+    "TRAIN_STEP",
+    "VARIANTS",
+    "WEIGHTS_FILE",
+    "BaseModelInfo",
+    "BasisInfo",
+    "BundleWriter",
+    "CoefficientLayout",
+    "GraphEntry",
+    "Manifest",
+    "Quantization",
+    "TaskEntry",
+    "TensorSpec",
+    "TokenizerSettings",
+    "add_task",
+    "add_task_object",
+    "check_task_fits",
+    "check_task_name",
+    "graph_file",
+    "graph_input_names",
+    "graph_output_names",
+    "inside_bundle",
+    "list_tasks",
+    "onnx_external_tensors",
+    "load_bundle_task",
+    "pack",
+    "read_manifest",
+    "row_feeds",
+    "task_feeds",
+    "unpack",
+    "update_bundle",
+    "verify_bundle",
+]
 
 FORMAT = "edge-eigenlora-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
+LOCK_FILE = ".manifest.lock"
+WEIGHTS_FILE = "weights.data"
+OPSET = 18
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# Graph variants.
+SHARED, PER_ROW, MERGED, TRAIN_STEP = "shared", "per_row", "merged", "train_step"
+INFERENCE_VARIANTS: tuple[str, ...] = (SHARED, PER_ROW, MERGED)
+VARIANTS: tuple[str, ...] = INFERENCE_VARIANTS + (TRAIN_STEP,)
+KINDS: tuple[str, ...] = ("classification", "causal_lm")
+
+# Graph input and output names (the names optimum / transformers.js use where one exists).
+INPUT_IDS, ATTENTION_MASK, LABELS = "input_ids", "attention_mask", "labels"
+COEFFICIENTS, HEAD_WEIGHT, HEAD_BIAS = "coefficients", "head_weight", "head_bias"
+LOGITS, LOSS, GRAD_PREFIX = "logits", "loss", "grad_"
+TRAIN_PARAMS: tuple[str, ...] = (COEFFICIENTS, HEAD_WEIGHT, HEAD_BIAS)
+# Initializer-name suffixes of the (transposed) basis tensors inside a graph: quantization finds them by these.
+BASIS_SUFFIXES: tuple[str, ...] = (".U_A_t", ".U_B_t")
+
+
+def graph_file(variant: str) -> str:
+    """The ONNX file name of a variant's graph inside a bundle."""
+    return f"model_{variant}.onnx"
+
+
+def graph_input_names(kind: str, variant: str) -> tuple[str, ...]:
+    """The contract's input names, in order, for one kind of model and one variant."""
+    tokens = (INPUT_IDS, ATTENTION_MASK)
+    head = (HEAD_WEIGHT, HEAD_BIAS) if kind == "classification" else ()
+    if variant == MERGED:
+        return tokens
+    if variant == TRAIN_STEP:
+        return tokens + (LABELS, COEFFICIENTS) + head
+    return tokens + (COEFFICIENTS,) + head
+
+
+def graph_output_names(kind: str, variant: str) -> tuple[str, ...]:
+    if variant == TRAIN_STEP:
+        return (LOSS, LOGITS) + tuple(GRAD_PREFIX + p for p in TRAIN_PARAMS)
+    return (LOGITS,)
+
+
+# ----------------------------------------------------------------------------------------------
+# Coefficient layout and packing
+# ----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class CoefficientLayout:
     """Where each module's coefficients sit in the packed vector."""
 
-    modules: list[str]  # sorted basis module names
+    modules: tuple[str, ...]  # sorted basis module names
     widths: dict[str, int]  # module -> width (k + p)
     rank: int
 
     @classmethod
     def from_widths(cls, widths: dict[str, int], rank: int) -> CoefficientLayout:
-        return cls(modules=sorted(widths), widths={m: int(widths[m]) for m in sorted(widths)}, rank=int(rank))
+        names = tuple(sorted(widths))
+        return cls(modules=names, widths={m: int(widths[m]) for m in names}, rank=int(rank))
 
     @classmethod
     def from_basis(cls, basis: Any, rank: int) -> CoefficientLayout:
         return cls.from_widths({m: mb.width for m, mb in basis.modules.items()}, rank)
-
-    @classmethod
-    def from_manifest(cls, coefficients: dict[str, Any]) -> CoefficientLayout:
-        rank = int(coefficients["rank"])
-        widths = {}
-        for seg in coefficients["segments"]:
-            module, side = seg["name"].rsplit(".", 1)
-            if side == "alpha_A":
-                widths[module] = int(seg["shape"][0])
-        layout = cls.from_widths(widths, rank)
-        if layout.segments() != coefficients["segments"] or layout.size != int(coefficients["size"]):
-            raise EdgeEigenLoraError(
-                "manifest.json: field 'coefficients' is inconsistent (segments are not the sorted, contiguous "
-                "alpha_A/alpha_B layout of size 'size'); re-export the bundle."
-            )
-        return layout
 
     def module_offset(self, module: str) -> int:
         offset = 0
@@ -87,13 +182,19 @@ class CoefficientLayout:
                 offset += self.widths[m] * self.rank
         return out
 
-    def to_manifest(self) -> dict[str, Any]:
-        return {"size": self.size, "rank": self.rank, "dtype": "float32", "order": "row-major",
-                "segments": self.segments()}  # fmt: skip
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "rank": self.rank,
+            "dtype": "float32",
+            "order": "row-major",
+            "segments": self.segments(),
+        }
 
 
-def pack(coefficients: dict[str, tuple[np.ndarray, np.ndarray]], layout: CoefficientLayout,
-         where: str = "task") -> np.ndarray:  # fmt: skip
+def pack(
+    coefficients: dict[str, tuple[np.ndarray, np.ndarray]], layout: CoefficientLayout, where: str = "task"
+) -> np.ndarray:
     """The flat float32 vector [P] of a task's coefficients, in the layout's order."""
     missing = [m for m in layout.modules if m not in coefficients]
     extra = sorted(set(coefficients) - set(layout.modules))
@@ -139,6 +240,523 @@ def unpack(vector: np.ndarray, layout: CoefficientLayout) -> dict[str, tuple[np.
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# Manifest schema: frozen dataclasses, read with field-level validation
+# ----------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Typed access to one JSON object; every error names the manifest file and the field's path."""
+
+    def __init__(self, obj: Any, path: str, where: Path) -> None:
+        if not isinstance(obj, dict):
+            raise _bad(where, path, f"must be an object, got {type(obj).__name__}")
+        self.obj, self.path, self.where = obj, path, where
+
+    def _name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def raw(self, key: str, optional: bool = False) -> Any:
+        if key not in self.obj:
+            if optional:
+                return None
+            raise EdgeEigenLoraError(
+                f"{self.where}: field {self._name(key)!r} is missing; re-export the bundle."
+            )
+        return self.obj[key]
+
+    def child(self, key: str) -> _Reader:
+        return _Reader(self.raw(key), self._name(key), self.where)
+
+    def str(self, key: str, optional: bool = False) -> str | None:
+        value = self.raw(key, optional)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise _bad(self.where, self._name(key), f"must be a string, got {value!r}")
+        return value
+
+    def int(self, key: str, minimum: int | None = None, optional: bool = False) -> int | None:
+        value = self.raw(key, optional)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(self.where, self._name(key), f"must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise _bad(self.where, self._name(key), f"must be >= {minimum}, got {value}")
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.raw(key, optional=True)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise _bad(self.where, self._name(key), f"must be true or false, got {value!r}")
+        return value
+
+    def strs(self, key: str, optional: bool = False) -> tuple[str, ...]:
+        value = self.raw(key, optional)
+        if value is None and optional:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _bad(self.where, self._name(key), "must be a list of strings")
+        return tuple(value)
+
+    def items(self, key: str) -> list[_Reader]:
+        value = self.raw(key)
+        if not isinstance(value, list):
+            raise _bad(self.where, self._name(key), "must be a list")
+        return [_Reader(v, f"{self._name(key)}[{i}]", self.where) for i, v in enumerate(value)]
+
+    def choice(self, key: str, allowed: Sequence[str]) -> str:
+        value = self.str(key)
+        if value not in allowed:
+            raise _bad(self.where, self._name(key), f"must be one of {list(allowed)}, got {value!r}")
+        return value  # type: ignore[return-value]
+
+
+def _bad(where: Path, name: str, why: str) -> EdgeEigenLoraError:
+    return EdgeEigenLoraError(
+        f"{where}: field {name!r} {why}; the manifest is damaged: re-export the bundle."
+    )
+
+
+def _relative_file(reader: _Reader, key: str, optional: bool = False) -> str | None:
+    """A file name in the manifest: relative, inside the bundle, no '..' and no absolute path."""
+    rel = reader.str(key, optional)
+    if rel is not None:
+        _check_relative(rel, reader.where, reader._name(key))
+    return rel
+
+
+def _check_relative(rel: str, where: Path, name: str) -> None:
+    parts = Path(rel).parts
+    if not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")) or ".." in parts or "\\" in rel:
+        raise EdgeEigenLoraError(
+            f"{where}: field {name!r} path {rel!r} leaves the bundle folder; the manifest is unsafe: re-export."
+        )
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @classmethod
+    def read(cls, r: _Reader) -> TensorSpec:
+        shape = r.raw("shape")
+        if not isinstance(shape, list) or not all(
+            (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or isinstance(d, str) for d in shape
+        ):
+            raise _bad(r.where, r._name("shape"), "must be a list of sizes (>= 0) or axis names")
+        return cls(r.str("name"), r.str("dtype"), tuple(shape))  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+QUANT_MODES: tuple[str, ...] = ("none", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class Quantization:
+    basis: str = "none"
+    base: str = "none"
+    precision: str = "fp32"
+    block_size: int | None = None
+
+    @classmethod
+    def read(cls, r: _Reader) -> Quantization:
+        return cls(
+            r.choice("basis", QUANT_MODES),
+            r.choice("base", QUANT_MODES),
+            r.choice("precision", ("fp32", "fp16")),
+            r.int("block_size", minimum=1, optional=True),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"basis": self.basis, "base": self.base, "precision": self.precision}
+        if self.block_size is not None:
+            out["block_size"] = self.block_size
+        return out
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One graph of the bundle; the same schema for every variant, the train step included.
+
+    external_data: the files holding its large tensors (ONNX external data, shared between graphs).
+    task: the task folded into a merged graph. loss / max_seq: the train step's loss and longest sequence.
+    """
+
+    variant: str
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    quantization: Quantization
+    op_counts: dict[str, int] = field(default_factory=dict)
+    bytes: int | None = None
+    external_data: tuple[str, ...] = ()
+    ort_file: str | None = None
+    required_operators: str | None = None
+    task: str | None = None
+    loss: str | None = None
+    max_seq: int | None = None
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.outputs)
+
+    def files(self) -> list[str]:
+        """Every bundle file this graph needs."""
+        return [self.file, *self.external_data] + [f for f in (self.ort_file, self.required_operators) if f]
+
+    @classmethod
+    def read(cls, r: _Reader) -> GraphEntry:
+        counts = r.raw("op_counts", optional=True) or {}
+        if not isinstance(counts, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in counts.values()
+        ):
+            raise _bad(r.where, r._name("op_counts"), "must map op names to counts")
+        return cls(
+            variant=r.choice("variant", VARIANTS),
+            file=_relative_file(r, "file"),  # type: ignore[arg-type]
+            inputs=tuple(TensorSpec.read(s) for s in r.items("inputs")),
+            outputs=tuple(TensorSpec.read(s) for s in r.items("outputs")),
+            quantization=Quantization.read(r.child("quantization")),
+            op_counts=dict(counts),
+            bytes=r.int("bytes", minimum=0, optional=True),
+            external_data=tuple(_checked_list(r, "external_data")),
+            ort_file=_relative_file(r, "ort_file", optional=True),
+            required_operators=_relative_file(r, "required_operators", optional=True),
+            task=r.str("task", optional=True),
+            loss=r.str("loss", optional=True),
+            max_seq=r.int("max_seq", minimum=1, optional=True),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "variant": self.variant,
+            "file": self.file,
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "quantization": self.quantization.to_json(),
+            "op_counts": dict(sorted(self.op_counts.items())),
+            "external_data": list(self.external_data),
+        }
+        for key in ("bytes", "ort_file", "required_operators", "task", "loss", "max_seq"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+def _checked_list(r: _Reader, key: str) -> list[str]:
+    names = list(r.strs(key, optional=True))
+    for i, rel in enumerate(names):
+        _check_relative(rel, r.where, f"{r._name(key)}[{i}]")
+    return names
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    name: str
+    fingerprint: str
+    architecture: str
+    hidden_size: int
+
+    @classmethod
+    def read(cls, r: _Reader) -> BaseModelInfo:
+        return cls(
+            r.str("name"), r.str("fingerprint"), r.str("architecture"), r.int("hidden_size", minimum=1)
+        )  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "architecture": self.architecture,
+            "hidden_size": self.hidden_size,
+        }
+
+
+@dataclass(frozen=True)
+class BasisInfo:
+    fingerprint: str
+    modules: tuple[str, ...]
+    widths: dict[str, int]
+
+    @classmethod
+    def read(cls, r: _Reader) -> BasisInfo:
+        widths = r.raw("width")
+        if not isinstance(widths, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in widths.values()
+        ):
+            raise _bad(r.where, r._name("width"), "must map module names to widths >= 1")
+        return cls(r.str("fingerprint"), r.strs("modules"), dict(widths))  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "modules": list(self.modules), "width": dict(self.widths)}
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    files: tuple[str, ...] = ()
+    max_length: int = 128
+    padding_side: str = "right"
+    truncation: bool = True
+    pooling: str = "mean"
+    pad_token_id: int | None = None
+
+    @classmethod
+    def read(cls, r: _Reader) -> TokenizerSettings:
+        return cls(
+            files=tuple(_checked_list(r, "files")),
+            max_length=r.int("max_length", minimum=1, optional=True) or 128,  # type: ignore[arg-type]
+            padding_side=r.str("padding_side", optional=True) or "right",  # type: ignore[arg-type]
+            truncation=r.bool("truncation", True),
+            pooling=r.str("pooling", optional=True) or "mean",  # type: ignore[arg-type]
+            pad_token_id=r.int("pad_token_id", minimum=0, optional=True),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files": list(self.files),
+            "max_length": self.max_length,
+            "padding_side": self.padding_side,
+            "truncation": self.truncation,
+            "pooling": self.pooling,
+            "pad_token_id": self.pad_token_id,
+        }
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    file: str
+    kind: str
+    labels: tuple[str, ...]
+    num_labels: int | None
+
+    @classmethod
+    def read(cls, r: _Reader, name: str) -> TaskEntry:
+        check_task_name(name)
+        entry = cls(
+            file=_relative_file(r, "file"),  # type: ignore[arg-type]
+            kind=r.str("kind", optional=True) or "classification",  # type: ignore[arg-type]
+            labels=r.strs("labels", optional=True),
+            num_labels=r.int("num_labels", minimum=1, optional=True),
+        )
+        if entry.file != f"tasks/{name}.safetensors":
+            raise _bad(r.where, r._name("file"), f"must be tasks/{name}.safetensors, got {entry.file!r}")
+        if entry.num_labels is not None and entry.labels and len(entry.labels) != entry.num_labels:
+            raise _bad(r.where, r.path, f"lists {len(entry.labels)} labels for num_labels {entry.num_labels}")
+        return entry
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "kind": self.kind,
+            "labels": list(self.labels),
+            "num_labels": self.num_labels,
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A bundle's manifest.json, typed. `root` is the folder it was read from (not stored in the file)."""
+
+    kind: str
+    base_model: BaseModelInfo
+    basis: BasisInfo
+    layout: CoefficientLayout
+    graphs: tuple[GraphEntry, ...]
+    tokenizer: TokenizerSettings
+    tasks: dict[str, TaskEntry] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    target: str = "custom"
+    created_by: str = ""
+    root: Path = Path(".")
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def path(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def hidden_size(self) -> int:
+        return self.base_model.hidden_size
+
+    @property
+    def basis_fingerprint(self) -> str:
+        return self.basis.fingerprint
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return tuple(g.variant for g in self.graphs)
+
+    def has_graph(self, variant: str) -> bool:
+        return variant in self.variants
+
+    def graph(self, variant: str = SHARED) -> GraphEntry:
+        for g in self.graphs:
+            if g.variant == variant:
+                return g
+        raise EdgeEigenLoraError(
+            f"{self.path}: this bundle has no {variant!r} graph (it has {list(self.variants)}); re-export with "
+            "that variant."
+        )
+
+    def referenced_files(self) -> list[str]:
+        """Every file the manifest points at, each once."""
+        refs = [f for g in self.graphs for f in g.files()] + list(self.tokenizer.files)
+        refs += [t.file for t in self.tasks.values()]
+        return list(dict.fromkeys(refs))
+
+    def to_json(self) -> dict[str, Any]:
+        from edge_eigenlora import __version__
+
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created_by": self.created_by or f"edge-eigenlora {__version__}",
+            "target": self.target,
+            "kind": self.kind,
+            "base_model": self.base_model.to_json(),
+            "basis": self.basis.to_json(),
+            "coefficients": self.layout.to_json(),
+            "head": {"hidden": self.hidden_size, "labels": "dynamic"}
+            if self.kind == "classification"
+            else None,
+            "graphs": [g.to_json() for g in self.graphs],
+            "tokenizer": self.tokenizer.to_json(),
+            "tasks": {n: t.to_json() for n, t in sorted(self.tasks.items())},
+            "files": dict(sorted(self.files.items())),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, root: Path) -> Manifest:
+        """Validate every field (type and range) and build the typed manifest; format 1 is migrated."""
+        where = root / MANIFEST
+        r = _Reader(data, "", where)
+        if data.get("format") != FORMAT:
+            raise EdgeEigenLoraError(
+                f"{where}: field 'format' is not {FORMAT!r}; this is not an edge-eigenlora bundle."
+            )
+        version = data.get("format_version")
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            raise EdgeEigenLoraError(
+                f"{where}: format_version {version!r} is not supported (this edge-eigenlora reads versions "
+                f"{list(READABLE_VERSIONS)}); upgrade edge-eigenlora or re-export the bundle."
+            )
+        kind = r.choice("kind", KINDS)
+        layout = _read_layout(r.child("coefficients"))
+        graphs = tuple(GraphEntry.read(g) for g in r.items("graphs"))
+        if version == 1:
+            graphs = tuple(_migrate_v1_graph(g, r, layout) for g in graphs)
+        seen = [g.variant for g in graphs]
+        if len(set(seen)) != len(seen):
+            raise _bad(where, "graphs", f"lists a variant twice ({seen})")
+        files = r.raw("files")
+        if not isinstance(files, dict) or not all(
+            isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) for v in files.values()
+        ):
+            raise _bad(where, "files", "must map file names to sha256 hex digests")
+        for i, rel in enumerate(files):
+            _check_relative(rel, where, f"files[{i}]")
+        tasks_raw = r.raw("tasks", optional=True) or {}
+        if not isinstance(tasks_raw, dict):
+            raise _bad(where, "tasks", "must be an object")
+        tasks = {n: TaskEntry.read(_Reader(v, f"tasks.{n}", where), n) for n, v in tasks_raw.items()}
+        manifest = cls(
+            kind=kind,
+            base_model=BaseModelInfo.read(r.child("base_model")),
+            basis=BasisInfo.read(r.child("basis")),
+            layout=layout,
+            graphs=graphs,
+            tokenizer=TokenizerSettings.read(r.child("tokenizer"))
+            if r.raw("tokenizer", optional=True) is not None
+            else TokenizerSettings(),
+            tasks=tasks,
+            files=dict(files),
+            target=r.str("target", optional=True) or "custom",  # type: ignore[arg-type]
+            created_by=r.str("created_by", optional=True) or "",  # type: ignore[arg-type]
+            root=root,
+            format_version=int(version),
+        )
+        if set(manifest.basis.modules) != set(layout.modules):
+            raise _bad(where, "basis.modules", "names other modules than coefficients.segments")
+        for rel in manifest.referenced_files():
+            if rel not in manifest.files:
+                raise EdgeEigenLoraError(
+                    f"{where}: {rel} is referenced but has no sha256 under 'files'; re-export."
+                )
+        return manifest
+
+
+def _read_layout(r: _Reader) -> CoefficientLayout:
+    rank = r.int("rank", minimum=1)
+    widths: dict[str, int] = {}
+    for seg in r.items("segments"):
+        module, _, side = seg.str("name").rpartition(".")  # type: ignore[union-attr]
+        shape = seg.raw("shape")
+        if side == "alpha_A" and isinstance(shape, list) and shape and isinstance(shape[0], int):
+            widths[module] = int(shape[0])
+    layout = CoefficientLayout.from_widths(widths, rank)  # type: ignore[arg-type]
+    if (
+        layout.segments() != r.raw("segments")
+        or layout.size != r.int("size", minimum=1)
+        or r.raw("dtype", optional=True) not in (None, "float32")
+    ):
+        raise _bad(
+            r.where,
+            "coefficients",
+            "is inconsistent (segments are not the sorted, contiguous float32 alpha_A/alpha_B layout of size 'size')",
+        )
+    return layout
+
+
+def _migrate_v1_graph(graph: GraphEntry, r: _Reader, layout: CoefficientLayout) -> GraphEntry:
+    """Format 1's train-step entry carried `coefficients_size`: check it against the layout."""
+    if graph.variant != TRAIN_STEP:
+        return graph
+    raw = next(g for g in r.raw("graphs") if g.get("variant") == TRAIN_STEP)
+    size = raw.get("coefficients_size")
+    if size is not None and size != layout.size:
+        raise _bad(r.where, "graphs.train_step.coefficients_size", f"is {size}, the layout has {layout.size}")
+    return graph
+
+
+def read_manifest(root: str | os.PathLike[str]) -> Manifest:
+    """Parse and validate manifest.json (no checksums: see verify_bundle)."""
+    root = Path(root)
+    path = root / MANIFEST
+    if path.is_symlink() or not path.is_file():
+        raise EdgeEigenLoraError(
+            f"{path} does not exist or is not a regular file: {root} is not a bundle (build one with "
+            "`edge-eigenlora export`)."
+        )
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise EdgeEigenLoraError(
+            f"{path} is not valid JSON ({exc}); re-copy or re-export the bundle."
+        ) from exc
+    except OSError as exc:
+        raise EdgeEigenLoraError(f"{path} cannot be read ({exc.strerror}); check its permissions.") from exc
+    if not isinstance(data, dict):
+        raise EdgeEigenLoraError(f"{path}: the manifest must be a JSON object; re-export the bundle.")
+    return Manifest.from_json(data, root)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks against a bundle
+# ----------------------------------------------------------------------------------------------
+
+
 def check_task_fits(task: Task, layout: CoefficientLayout, kind: str, hidden: int, where: str) -> np.ndarray:
     """Refuse a task that cannot run on this bundle; returns its packed vector."""
     task.check_finite(where)
@@ -158,11 +776,16 @@ def check_task_fits(task: Task, layout: CoefficientLayout, kind: str, hidden: in
             raise EdgeEigenLoraError(
                 f"{where}: head.bias has shape {list(np.asarray(task.head_bias).shape)}, expected [{hw.shape[0]}]."
             )
+        if task.labels and len(task.labels) != hw.shape[0]:
+            raise EdgeEigenLoraError(
+                f"{where}: field 'labels' lists {len(task.labels)} names but head.weight has {hw.shape[0]} rows; "
+                "give one label name per head row (or none)."
+            )
     return vector
 
 
 def check_task_name(name: str) -> str:
-    if not TASK_NAME.match(name or "") or ".." in name:
+    if not isinstance(name, str) or not TASK_NAME.match(name) or ".." in name:
         raise EdgeEigenLoraError(
             f"task name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a letter "
             "or digit, with no path separators and no '..'. Rename the task (Task.name / --name)."
@@ -170,167 +793,18 @@ def check_task_name(name: str) -> str:
     return name
 
 
-# ----------------------------------------------------------------------------------------------
-# Manifest
-# ----------------------------------------------------------------------------------------------
-
-
-class Manifest:
-    """A read manifest: the raw dict plus typed views of what the runtime needs."""
-
-    def __init__(self, data: dict[str, Any], root: Path) -> None:
-        self.data = data
-        self.root = root
-        self.layout = CoefficientLayout.from_manifest(data["coefficients"])
-
-    @property
-    def kind(self) -> str:
-        return str(self.data["kind"])
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.data["base_model"]["hidden_size"])
-
-    @property
-    def basis_fingerprint(self) -> str:
-        return str(self.data["basis"]["fingerprint"])
-
-    @property
-    def tasks(self) -> dict[str, dict[str, Any]]:
-        return dict(self.data.get("tasks", {}))
-
-    def graph(self, variant: str = "shared") -> dict[str, Any]:
-        for g in self.data["graphs"]:
-            if g["variant"] == variant:
-                return g
-        raise EdgeEigenLoraError(
-            f"{self.root / MANIFEST}: this bundle has no {variant!r} graph (it has "
-            f"{[g['variant'] for g in self.data['graphs']]}); re-export with that variant."
-        )
-
-
-def new_manifest(*, kind: str, base_model: dict, basis: dict, layout: CoefficientLayout, graphs: list[dict],
-                 tokenizer: dict, target: str = "custom") -> dict[str, Any]:  # fmt: skip
-    from edge_eigenlora import __version__
-
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created_by": f"edge-eigenlora {__version__}",
-        "target": target,
-        "kind": kind,
-        "base_model": base_model,
-        "basis": basis,
-        "coefficients": layout.to_manifest(),
-        "head": {"hidden": base_model.get("hidden_size"), "labels": "dynamic"}
-        if kind == "classification"
-        else None,
-        "graphs": graphs,
-        "tokenizer": tokenizer,
-        "tasks": {},
-        "files": {},
-    }
-
-
 def inside_bundle(root: Path, rel: str, where: str) -> Path:
-    path = (root / rel).resolve()
-    if os.path.isabs(rel) or not path.is_relative_to(root.resolve()):
+    """The path of a bundle file, refusing anything that leaves the folder (also through symlinks)."""
+    _check_relative(rel, Path(where), "path")
+    path = root / rel
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()) or any(
+        p.is_symlink() for p in [path, *path.parents] if p.is_relative_to(root) and p != root
+    ):
         raise EdgeEigenLoraError(
             f"{where}: path {rel!r} leaves the bundle folder; the manifest is unsafe: re-export."
         )
     return path
-
-
-def _listed_files(root: Path) -> dict[str, str]:
-    """sha256 of every regular file in the bundle except the manifest and hidden temporaries."""
-    files = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_file() and rel != MANIFEST and not any(part.startswith(".") for part in Path(rel).parts):
-            files[rel] = sha256_file(path)
-    return files
-
-
-def write_manifest(root: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
-    """Recompute every file's sha256 and write manifest.json atomically."""
-    root = Path(root)
-    manifest = dict(manifest)
-    manifest["files"] = _listed_files(root)
-    write_json_atomic(root / MANIFEST, manifest)
-
-
-def read_manifest(root: str | os.PathLike[str]) -> Manifest:
-    """Parse manifest.json and check its format and version (no checksums: see verify_bundle)."""
-    root = Path(root)
-    path = root / MANIFEST
-    if not path.is_file():
-        raise EdgeEigenLoraError(
-            f"{path} does not exist: {root} is not a bundle (build one with `edge-eigenlora export`)."
-        )
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgeEigenLoraError(
-            f"{path} is not valid JSON ({exc}); re-copy or re-export the bundle."
-        ) from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise EdgeEigenLoraError(
-            f"{path}: field 'format' is not {FORMAT!r}; this is not an edge-eigenlora bundle."
-        )
-    if data.get("format_version") != FORMAT_VERSION:
-        raise EdgeEigenLoraError(
-            f"{path}: format_version {data.get('format_version')!r} is not supported (this edge-eigenlora reads "
-            f"version {FORMAT_VERSION}); upgrade edge-eigenlora or re-export the bundle."
-        )
-    for key in ("kind", "base_model", "basis", "coefficients", "graphs", "files"):
-        if key not in data:
-            raise EdgeEigenLoraError(f"{path}: field {key!r} is missing; re-export the bundle.")
-    try:
-        return Manifest(data, root)
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, EdgeEigenLoraError):
-            raise
-        raise EdgeEigenLoraError(
-            f"{path}: field 'coefficients' is malformed ({exc!r}); re-export the bundle."
-        ) from exc
-
-
-def verify_bundle(root: str | os.PathLike[str]) -> Manifest:
-    """Check the manifest, every file's presence and sha256, and every task against the layout."""
-    root = Path(root)
-    manifest = read_manifest(root)
-    where = root / MANIFEST
-    for rel, digest in manifest.data["files"].items():
-        path = inside_bundle(root, rel, str(where))
-        if not path.is_file():
-            raise EdgeEigenLoraError(
-                f"bundle file {rel} listed in {where} is missing; re-copy the bundle or re-export it."
-            )
-        actual = sha256_file(path)
-        if actual != digest:
-            raise EdgeEigenLoraError(
-                f"bundle file {rel}: sha256 mismatch (manifest {digest[:12]}, file {actual[:12]}); the file was "
-                "modified or corrupted: re-copy the bundle or re-export it."
-            )
-    referenced = [g["file"] for g in manifest.data["graphs"]]
-    referenced += [
-        g[k] for g in manifest.data["graphs"] for k in ("ort_file", "required_operators") if k in g
-    ]
-    referenced += list(manifest.data.get("tokenizer", {}).get("files", []))
-    referenced += [t["file"] for t in manifest.tasks.values()]
-    for rel in referenced:
-        if rel not in manifest.data["files"]:
-            raise EdgeEigenLoraError(
-                f"{where}: {rel} is referenced but has no sha256 under 'files'; re-export."
-            )
-    for name, info in manifest.tasks.items():
-        check_task_name(name)
-        load_bundle_task(manifest, name)
-        if info["file"] != f"tasks/{name}.safetensors":
-            raise EdgeEigenLoraError(
-                f"{where}: task {name!r} points at {info['file']!r}, not tasks/{name}.safetensors."
-            )
-    return manifest
 
 
 def load_bundle_task(bundle: str | os.PathLike[str] | Manifest, name: str) -> Task:
@@ -341,7 +815,7 @@ def load_bundle_task(bundle: str | os.PathLike[str] | Manifest, name: str) -> Ta
         raise EdgeEigenLoraError(
             f"task {name!r} is not in bundle {manifest.root}; it has {sorted(manifest.tasks)}."
         )
-    path = inside_bundle(manifest.root, manifest.tasks[name]["file"], str(manifest.root / MANIFEST))
+    path = inside_bundle(manifest.root, manifest.tasks[name].file, str(manifest.path))
     task = load_task(path, expected_basis=manifest.basis_fingerprint)
     check_task_fits(
         task, manifest.layout, manifest.kind, manifest.hidden_size, where=f"task file {path.name}"
@@ -351,10 +825,11 @@ def load_bundle_task(bundle: str | os.PathLike[str] | Manifest, name: str) -> Ta
 
 def task_feeds(task: Task, manifest: Manifest) -> dict[str, np.ndarray]:
     """The shared-variant graph inputs that carry a task: coefficients [P] (+ head_weight, head_bias)."""
+    require_basis(task.basis_fingerprint, manifest.basis_fingerprint, f"task {task.name!r}", "this bundle")
     vector = check_task_fits(
         task, manifest.layout, manifest.kind, manifest.hidden_size, where=f"task {task.name!r}"
     )
-    feeds = {"coefficients": vector}
+    feeds = {COEFFICIENTS: vector}
     if manifest.kind == "classification":
         hw = np.asarray(task.head_weight, np.float32)
         hb = (
@@ -362,54 +837,323 @@ def task_feeds(task: Task, manifest: Manifest) -> dict[str, np.ndarray]:
             if task.head_bias is None
             else np.asarray(task.head_bias, np.float32)
         )
-        feeds.update(head_weight=hw, head_bias=hb)
+        feeds.update({HEAD_WEIGHT: hw, HEAD_BIAS: hb})
     return feeds
 
 
-def row_feeds(tasks: list[Task], manifest: Manifest) -> dict[str, np.ndarray]:
-    """Per-row variant inputs: row i runs tasks[i]. Classifiers in one batch must share the label count."""
-    per = [task_feeds(t, manifest) for t in tasks]
-    if manifest.kind == "classification" and len({f["head_bias"].shape[0] for f in per}) > 1:
-        raise EdgeEigenLoraError(
-            "per-row batch: the tasks have different label counts; pad heads to one count (zero rows, bias -inf)."
-        )
-    return {k: np.stack([f[k] for f in per]) for k in per[0]}
+def row_feeds(per_task: Sequence[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Per-row variant inputs from each row's `task_feeds`, and each row's label count.
+
+    Tasks with different label counts share one batch: every head is padded to the largest count with zero
+    weight rows and a bias of -inf, so a padded label never wins and its probability is exactly 0. Callers
+    cut row i's logits to its own count (the second return value).
+    """
+    if not per_task:
+        raise EdgeEigenLoraError("per-row batch: give at least one task.")
+    feeds = {COEFFICIENTS: np.stack([f[COEFFICIENTS] for f in per_task])}
+    if HEAD_WEIGHT not in per_task[0]:
+        return feeds, [0] * len(per_task)
+    counts = [int(f[HEAD_WEIGHT].shape[0]) for f in per_task]
+    width, hidden = max(counts), per_task[0][HEAD_WEIGHT].shape[1]
+    hw = np.zeros((len(per_task), width, hidden), np.float32)
+    hb = np.full((len(per_task), width), -np.inf, np.float32)
+    for i, f in enumerate(per_task):
+        hw[i, : counts[i]], hb[i, : counts[i]] = f[HEAD_WEIGHT], f[HEAD_BIAS]
+    feeds.update({HEAD_WEIGHT: hw, HEAD_BIAS: hb})
+    return feeds, counts
 
 
-def register_file(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
-    """Re-hash the bundle's files after writing `path` into it (manifest rewritten atomically)."""
-    manifest = read_manifest(root)
-    inside_bundle(Path(root), Path(path).relative_to(Path(root)).as_posix(), str(path))
-    write_manifest(root, manifest.data)
+def list_tasks(bundle: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """One row per task: name, kind, labels, num_labels, file."""
+    manifest = read_manifest(bundle)
+    return [{"name": n, **t.to_json()} for n, t in sorted(manifest.tasks.items())]
 
 
-def add_task_object(root: str | os.PathLike[str], task: Task) -> str:
-    """Write a task into the bundle (tasks/<name>.safetensors) and list it; the graphs are untouched."""
+# ----------------------------------------------------------------------------------------------
+# Verify
+# ----------------------------------------------------------------------------------------------
+
+
+def _bundle_files(root: Path) -> list[str]:
+    """Every entry below the bundle (symlinks listed, never followed) but the manifest, its lock, writers'
+    temporaries (`.name.*.tmp`) and `.checkpoints/`."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(root)
+        if rel_dir.parts[:1] == (".checkpoints",):
+            dirnames[:] = []
+            continue
+        for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
+            rel = (rel_dir / name).as_posix()
+            temporary = name.startswith(".") and name.endswith(".tmp")
+            if rel not in (MANIFEST, LOCK_FILE) and not temporary:
+                out.append(rel)
+    return sorted(out)
+
+
+def verify_bundle(root: str | os.PathLike[str], *, strict: bool = True) -> Manifest:
+    """Check the manifest, every listed file (regular, inside, sha256), every task, and every graph's external data.
+
+    strict: also refuse files that are in the folder but not listed (a bundle ships exactly what it lists),
+    and symlinks anywhere in it.
+    """
     root = Path(root)
     manifest = read_manifest(root)
-    name = check_task_name(task.name)
-    if task.basis_fingerprint != manifest.basis_fingerprint:
+    where = manifest.path
+    for rel, digest in manifest.files.items():
+        path = inside_bundle(root, rel, str(where))
+        if path.is_symlink() or not path.is_file():
+            raise EdgeEigenLoraError(
+                f"bundle file {rel} listed in {where} is missing or not a regular file; re-copy the bundle or "
+                "re-export it."
+            )
+        actual = sha256_file(path)
+        if actual != digest:
+            raise EdgeEigenLoraError(
+                f"bundle file {rel}: sha256 mismatch (manifest {digest[:12]}, file {actual[:12]}); the file was "
+                "modified or corrupted: re-copy the bundle or re-export it."
+            )
+    if strict:
+        unlisted = [rel for rel in _bundle_files(root) if rel not in manifest.files]
+        if unlisted:
+            raise EdgeEigenLoraError(
+                f"{root}: {len(unlisted)} file(s) are in the bundle folder but not listed in {MANIFEST}: "
+                f"{unlisted[:5]}. A bundle ships exactly what it lists: remove them (a symlink is never allowed)."
+            )
+    for graph in manifest.graphs:
+        _check_external_data(manifest, graph)
+    for name in manifest.tasks:
+        load_bundle_task(manifest, name)
+    return manifest
+
+
+def _check_external_data(manifest: Manifest, graph: GraphEntry) -> None:
+    """The graph's external-data locations (read from the ONNX file itself) must be listed, inside files."""
+    path = manifest.root / graph.file
+    for location in onnx_external_locations(path.read_bytes()):
+        if location not in graph.external_data or location not in manifest.files:
+            raise EdgeEigenLoraError(
+                f"{manifest.path}: graph {graph.file} reads external data from {location!r}, which is not a listed "
+                f"file of its entry (external_data {list(graph.external_data)}); the bundle is unsafe: re-export."
+            )
+
+
+def onnx_external_locations(model_bytes: bytes) -> set[str]:
+    """The `location` of every external-data tensor in a serialized ONNX model."""
+    return {t["location"] for t in onnx_external_tensors(model_bytes)}
+
+
+def onnx_external_tensors(model_bytes: bytes) -> list[dict[str, Any]]:
+    """name, data_type, dims, location, offset and length of every external-data initializer (no onnx import).
+
+    A minimal protobuf walk: ModelProto.graph(7) -> GraphProto.initializer(5) -> TensorProto {dims(1),
+    data_type(2), name(8), external_data(13) = StringStringEntryProto{key(1), value(2)}}, recursing into node
+    attributes' subgraphs (NodeProto(1).attribute(5).g(6) / graphs(11)).
+    """
+    tensors: list[dict[str, Any]] = []
+    for num, wire, value in _fields(model_bytes):
+        if num == 7 and wire == 2:
+            _walk_graph(value, tensors)
+    return tensors
+
+
+def _walk_graph(graph: bytes, out: list[dict[str, Any]]) -> None:
+    for num, wire, value in _fields(graph):
+        if num == 5 and wire == 2:  # initializer
+            tensor: dict[str, Any] = {"dims": []}
+            external: dict[str, str] = {}
+            for tnum, twire, tval in _fields(value):
+                if tnum == 1 and twire == 0:
+                    tensor["dims"].append(tval)
+                elif tnum == 1 and twire == 2:  # packed dims
+                    pos = 0
+                    while pos < len(tval):
+                        dim, pos = _varint(tval, pos)
+                        tensor["dims"].append(dim)
+                elif tnum == 2 and twire == 0:
+                    tensor["data_type"] = tval
+                elif tnum == 8 and twire == 2:
+                    tensor["name"] = tval.decode("utf-8", "replace")
+                elif tnum == 13 and twire == 2:
+                    entry = {k: v for k, _, v in _fields(tval)}
+                    external[entry.get(1, b"").decode("utf-8", "replace")] = entry.get(2, b"").decode(
+                        "utf-8", "replace"
+                    )
+            if "location" in external:
+                try:
+                    tensor.update(
+                        location=external["location"],
+                        offset=int(external.get("offset", "0")),
+                        length=int(external["length"]) if "length" in external else None,
+                    )
+                except ValueError as exc:
+                    raise EdgeEigenLoraError(
+                        f"an ONNX graph's external data has a bad offset ({exc}); re-export."
+                    ) from exc
+                out.append(tensor)
+        elif num == 1 and wire == 2:  # node -> attribute(5) -> g(6) / graphs(11)
+            for anum, awire, aval in _fields(value):
+                if anum == 5 and awire == 2:
+                    for gnum, gwire, gval in _fields(aval):
+                        if gnum in (6, 11) and gwire == 2:
+                            _walk_graph(gval, out)
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
+    pos, end = 0, len(buf)
+    try:
+        while pos < end:
+            key, pos = _varint(buf, pos)
+            num, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = _varint(buf, pos)
+            elif wire == 1:
+                value, pos = buf[pos : pos + 8], pos + 8
+            elif wire == 2:
+                length, pos = _varint(buf, pos)
+                value, pos = buf[pos : pos + length], pos + length
+            elif wire == 5:
+                value, pos = buf[pos : pos + 4], pos + 4
+            else:
+                raise ValueError(f"wire type {wire}")
+            if pos > end:
+                raise ValueError("truncated")
+            yield num, wire, value
+    except (ValueError, IndexError) as exc:
         raise EdgeEigenLoraError(
-            f"task {name!r} was trained for basis {task.basis_fingerprint[:12]} but this bundle carries basis "
-            f"{manifest.basis_fingerprint[:12]}. Coefficients only mean something on their own basis: re-train the "
-            "task on this basis."
-        )
-    check_task_fits(task, manifest.layout, manifest.kind, manifest.hidden_size, where=f"task {name!r}")
-    rel = f"tasks/{name}.safetensors"
-    save_task(task, inside_bundle(root, rel, "task name"))
-    data = manifest.data
-    data.setdefault("tasks", {})[name] = {
-        "file": rel, "kind": task.kind, "labels": list(task.labels),
-        "num_labels": None if task.head_weight is None else int(np.asarray(task.head_weight).shape[0]),
-    }  # fmt: skip
-    write_manifest(root, data)
+            f"an ONNX graph file is not a valid protobuf ({exc}); re-copy or re-export."
+        ) from exc
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+# ----------------------------------------------------------------------------------------------
+# Writes: hash each file once, lock the manifest for read-modify-write
+# ----------------------------------------------------------------------------------------------
+
+
+class BundleWriter:
+    """Writes files into a bundle folder, hashing each once as it is written, then the manifest.
+
+    Used by export (a new bundle) and by `update_bundle` (an existing one); a file written by another tool
+    (ORT's converter) is hashed once by `add_existing`.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], files: dict[str, str] | None = None) -> None:
+        self.root = Path(root)
+        self.files: dict[str, str] = dict(files or {})
+
+    def write_bytes(self, rel: str, data: bytes) -> Path:
+        path = inside_bundle(self.root, rel, "bundle writer")
+        write_bytes_atomic(path, data)
+        self.files[rel] = hashlib.sha256(data).hexdigest()
+        return path
+
+    def write_chunks(self, rel: str, chunks: Iterable[bytes]) -> Path:
+        """Stream a large file (the shared weights) to disk, hashing it on the way."""
+        path = inside_bundle(self.root, rel, "bundle writer")
+        digest = hashlib.sha256()
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            for chunk in chunks:
+                digest.update(chunk)
+                fh.write(chunk)
+        self.files[rel] = digest.hexdigest()
+        return path
+
+    def write_task(self, task: Task) -> str:
+        rel = f"tasks/{check_task_name(task.name)}.safetensors"
+        path = save_task(task, inside_bundle(self.root, rel, "bundle writer"))
+        self.files[rel] = sha256_file(path)
+        return rel
+
+    def add_existing(self, rel: str) -> None:
+        path = inside_bundle(self.root, rel, "bundle writer")
+        if path.is_symlink() or not path.is_file():
+            raise EdgeEigenLoraError(
+                f"{path} is not a regular file; the bundle writer lists regular files only."
+            )
+        self.files[rel] = sha256_file(path)
+
+    def write_manifest(self, manifest: Manifest) -> Manifest:
+        manifest = replace(manifest, files=dict(self.files), root=self.root, format_version=FORMAT_VERSION)
+        Manifest.from_json(
+            json.loads(json.dumps(manifest.to_json())), self.root
+        )  # never write what we cannot read
+        with atomic_path(manifest.path) as tmp:
+            tmp.write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
+        return manifest
+
+
+@contextlib.contextmanager
+def update_bundle(root: str | os.PathLike[str]) -> Iterator[tuple[Manifest, BundleWriter]]:
+    """Read-modify-write of an existing bundle under an exclusive lock (other writers wait).
+
+    Yields the current manifest and a writer seeded with its file digests; the caller writes new files with
+    the writer and sets `writer.manifest` to the manifest to store (unchanged when it does not).
+    """
+    root = Path(root)
+    lock_path = root / LOCK_FILE
+    if lock_path.is_symlink():
+        raise EdgeEigenLoraError(f"{lock_path} is a symlink; the bundle is unsafe: remove it.")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        _lock(fd)
+        manifest = read_manifest(root)
+        writer = BundleWriter(root, manifest.files)
+        writer.manifest = manifest  # type: ignore[attr-defined]
+        yield manifest, writer
+        if writer.manifest is not manifest:  # type: ignore[attr-defined]
+            writer.write_manifest(writer.manifest)  # type: ignore[attr-defined]
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: a single writer is assumed
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def add_task_object(root: str | os.PathLike[str], task: Task, *, overwrite: bool = False) -> str:
+    """Write a task into the bundle (tasks/<name>.safetensors) and list it; only the new file is hashed."""
+    name = check_task_name(task.name)
+    with update_bundle(root) as (manifest, writer):
+        require_basis(task.basis_fingerprint, manifest.basis_fingerprint, f"task {name!r}", "this bundle")
+        check_task_fits(task, manifest.layout, manifest.kind, manifest.hidden_size, where=f"task {name!r}")
+        if name in manifest.tasks and not overwrite:
+            raise EdgeEigenLoraError(
+                f"task {name!r} already exists in {manifest.root}; choose another name (--name) or pass "
+                "--overwrite to replace it."
+            )
+        rel = writer.write_task(task)
+        num_labels = None if task.head_weight is None else int(np.asarray(task.head_weight).shape[0])
+        entry = TaskEntry(rel, task.kind, tuple(task.labels), num_labels)
+        writer.manifest = replace(manifest, tasks={**manifest.tasks, name: entry})  # type: ignore[attr-defined]
     return name
 
 
 def add_task(
-    bundle: str | os.PathLike[str], task_path: str | os.PathLike[str], *, name: str | None = None
+    bundle: str | os.PathLike[str],
+    task_path: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    overwrite: bool = False,
 ) -> str:
-    """Add a task file to an existing bundle without re-exporting any graph; returns the task's name."""
+    """Add a task file to an existing bundle without re-exporting or re-hashing any graph; returns its name."""
     manifest = read_manifest(bundle)
     task = load_task(task_path, expected_basis=manifest.basis_fingerprint)
     check_task_fits(
@@ -417,10 +1161,4 @@ def add_task(
     )
     if name is not None:
         task.name = name
-    return add_task_object(bundle, task)
-
-
-def list_tasks(bundle: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """One row per task: name, kind, labels, file."""
-    manifest = read_manifest(bundle)
-    return [{"name": n, **info} for n, info in sorted(manifest.tasks.items())]
+    return add_task_object(bundle, task, overwrite=overwrite)

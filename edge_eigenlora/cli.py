@@ -20,6 +20,8 @@ from pathlib import Path
 
 from edge_eigenlora.errors import EdgeEigenLoraError
 
+__all__ = ["build_parser", "main"]
+
 
 def _adapter_dirs(paths: Sequence[str]) -> list[Path]:
     """Adapter folders as given; a folder that is not itself an adapter stands for its adapter subfolders."""
@@ -245,15 +247,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_flags(p: argparse.ArgumentParser, *, lr: float) -> None:
+def _add_train_flags(p: argparse.ArgumentParser, *, lr: float | None = None) -> None:
+    """Training flags whose defaults are the library's (TrainConfig), so the CLI and the API train alike."""
+    from edge_eigenlora.train_config import TrainConfig
+
+    d = TrainConfig()
     p.add_argument(
-        "--epochs", type=int, default=10, help="upper bound on epochs (early stopping ends sooner)"
+        "--epochs", type=int, default=d.epochs, help="upper bound on epochs (early stopping ends sooner)"
     )
-    p.add_argument("--batch-size", type=int, default=32, help="examples per step")
-    p.add_argument("--lr", type=float, default=lr, help="learning rate of the adapter parameters")
-    p.add_argument("--head-lr", type=float, default=3e-3, help="learning rate of the classification head")
-    p.add_argument("--max-length", type=int, default=64, help="tokens per text; longer texts are truncated")
-    p.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step")
+    p.add_argument("--lr", type=float, default=lr or d.lr, help="learning rate of the adapter parameters")
+    p.add_argument(
+        "--head-lr",
+        type=float,
+        default=d.head_lr,
+        help="learning rate of the classification head (default: --lr)",
+    )
+    p.add_argument(
+        "--max-length", type=int, default=d.max_length, help="tokens per text; longer texts are truncated"
+    )
+    p.add_argument(
+        "--patience", type=int, default=d.patience, help="evaluations without improvement before stopping"
+    )
     p.add_argument(
         "--eval-every", type=int, default=None, help="steps between evaluations (default: each epoch)"
     )
@@ -329,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of data split, init and shuffling")
     p.add_argument("--out", default=None, help="task file to write (default: NAME.safetensors)")
-    _add_train_flags(p, lr=5e-3)
+    _add_train_flags(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("compress", help="project bank adapters onto a basis: coefficients + delta-W error")

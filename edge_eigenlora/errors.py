@@ -1,3 +1,4 @@
+__all__ = ["EdgeEigenLoraError"]
 """One exception type for user-facing problems, so callers and the CLI can tell them from bugs."""
 
 

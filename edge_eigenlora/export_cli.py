@@ -1,6 +1,6 @@
 """CLI for the export stage: `edge-eigenlora export ...` and `edge-eigenlora bundle verify|add-task|list ...`.
 
-`add_export_commands(subparsers)` registers both; each parser sets `func(args) -> int` (0 on success).
+`add_export_commands(subparsers)` registers both (cli.py calls it); each parser sets `func(args) -> int`.
 Recipes (export/*.json) give an ExportConfig per device target; flags given on the command line override them.
 """
 
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from edge_eigenlora.errors import EdgeEigenLoraError
+
+__all__ = ["RECIPE_FORMAT", "add_export_commands", "load_recipe"]
 
 RECIPE_FORMAT = "edge-eigenlora-export-recipe"
 
@@ -46,13 +47,20 @@ def _config(args: argparse.Namespace) -> Any:
     from edge_eigenlora.export import ExportConfig
 
     values: dict[str, Any] = load_recipe(args.recipe) if args.recipe else {}
-    overrides = {
-        "rank": args.rank, "kind": args.kind, "basis_quant": args.basis_quant, "base_quant": args.base_quant,
-        "precision": args.precision, "block_size": args.block_size, "ort_format": args.ort_format,
-        "onnx_adapters": args.onnx_adapters, "merged_task": args.merged_task, "max_length": args.max_length,
-        "train_step": args.train_step,
-        "variants": tuple(args.variant) if args.variant else None,
-    }  # fmt: skip
+    overrides = dict(
+        rank=args.rank,
+        kind=args.kind,
+        basis_quant=args.basis_quant,
+        base_quant=args.base_quant,
+        precision=args.precision,
+        block_size=args.block_size,
+        ort_format=args.ort_format,
+        onnx_adapters=args.onnx_adapters,
+        merged_task=args.merged_task,
+        max_length=args.max_length,
+        train_step=args.train_step,
+        variants=tuple(args.variant) if args.variant else None,
+    )
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ExportConfig(**values)
 
@@ -76,12 +84,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from edge_eigenlora.bundle import verify_bundle
 
     manifest = verify_bundle(args.bundle)
-    graphs = ", ".join(
-        f"{g['variant']} ({g['quantization']['basis']}/{g['quantization']['base']})"
-        for g in manifest.data["graphs"]
-    )
+    graphs = ", ".join(f"{g.variant} ({g.quantization.basis}/{g.quantization.base})" for g in manifest.graphs)
     print(
-        f"OK {args.bundle}: {len(manifest.data['files'])} files checked; graphs: {graphs}; tasks: {len(manifest.tasks)}"
+        f"OK {args.bundle}: {len(manifest.files)} files checked; graphs: {graphs}; tasks: {len(manifest.tasks)}"
     )
     return 0
 
@@ -89,7 +94,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_add_task(args: argparse.Namespace) -> int:
     from edge_eigenlora.bundle import add_task
 
-    name = add_task(args.bundle, args.task, name=args.name)
+    name = add_task(args.bundle, args.task, name=args.name, overwrite=args.overwrite)
     print(f"added task {name!r} to {args.bundle}")
     return 0
 
@@ -170,24 +175,9 @@ def add_export_commands(subparsers: Any) -> None:
     a.add_argument("bundle", help="bundle folder")
     a.add_argument("task", help="task file (.safetensors) trained on the bundle's basis")
     a.add_argument("--name", help="name in the bundle (default: the task's own name)")
+    a.add_argument("--overwrite", action="store_true", help="replace a task of the same name")
     a.set_defaults(func=_cmd_add_task)
     ls = bsub.add_parser("list", help="list the bundle's tasks")
     ls.add_argument("bundle", help="bundle folder")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=_cmd_list)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (python -m edge_eigenlora.export_cli) until cli.py wires these commands in."""
-    parser = argparse.ArgumentParser(prog="edge-eigenlora")
-    add_export_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except EdgeEigenLoraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -20,6 +20,17 @@ from safetensors.numpy import load_file, save_file
 
 from edge_eigenlora.errors import EdgeEigenLoraError
 
+__all__ = [
+    "atomic_path",
+    "read_safetensors",
+    "save_safetensors_atomic",
+    "sha256_file",
+    "tensors_fingerprint",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_with",
+]
+
 
 @contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:

@@ -17,6 +17,8 @@ import numpy as np
 
 from edge_eigenlora.errors import EdgeEigenLoraError
 
+__all__ = ["LabelledTexts", "read_labelled_file"]
+
 
 @dataclass(frozen=True)
 class LabelledTexts:

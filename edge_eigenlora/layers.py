@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+__all__ = ["COEFFICIENT_PREFIX", "EigenLoraLinear"]
+
 COEFFICIENT_PREFIX = "eigenlora_"
 
 

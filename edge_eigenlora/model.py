@@ -6,7 +6,7 @@ freezes everything else; `TextClassifier` adds mean pooling and a linear head fo
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -14,10 +14,45 @@ from torch import nn
 
 from edge_eigenlora.basis import Basis
 from edge_eigenlora.errors import EdgeEigenLoraError
+from edge_eigenlora.fileio import tensors_fingerprint
 from edge_eigenlora.layers import COEFFICIENT_PREFIX, EigenLoraLinear
-from edge_eigenlora.task import Task
+from edge_eigenlora.task import Task, require_basis
+
+__all__ = [
+    "TextClassifier",
+    "apply_task",
+    "attach_basis",
+    "bank_init_coefficients",
+    "base_fingerprint",
+    "coefficient_parameters",
+    "count_coefficients",
+    "detach_basis",
+    "detect_kind",
+    "eigenlora_layers",
+    "mean_pool",
+    "merge",
+    "resolve_module_name",
+    "task_from_model",
+    "unmerge",
+]
 
 Init = Literal["zero", "bank"]
+
+
+def mean_pool(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the last hidden states over real (unmasked) tokens: the one pooling of every graph and model."""
+    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def detect_kind(model_or_config: Any) -> str:
+    """ "causal_lm" for a decoder LM (architectures ending in ForCausalLM, or an lm_head), else "classification"."""
+    config = getattr(model_or_config, "config", model_or_config)
+    archs = list(getattr(config, "architectures", None) or [])
+    if any(a.endswith("ForCausalLM") for a in archs) or hasattr(model_or_config, "lm_head"):
+        return "causal_lm"
+    return "classification"
 
 
 class TextClassifier(nn.Module):
@@ -32,9 +67,7 @@ class TextClassifier(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return mean_pool(self.encoder, input_ids, attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.pooled(input_ids, attention_mask))
@@ -88,9 +121,10 @@ def attach_basis(
         raise EdgeEigenLoraError("a basis is already attached to this model; detach_basis() it first.")
     if rank < 1:
         raise EdgeEigenLoraError(f"rank must be >= 1, got {rank}.")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    generator = torch.Generator().manual_seed(seed)
+    if init not in ("zero", "bank"):
+        raise EdgeEigenLoraError(f"init must be 'zero' or 'bank', got {init!r}.")
+    # Validate every module before changing anything: a bad fifth module must not leave four swapped.
+    targets = []
     for module_name, mb in basis.modules.items():
         target = resolve_module_name(model, module_name)
         parent_name, _, child = target.rpartition(".")
@@ -103,9 +137,12 @@ def attach_basis(
                 f"module {target!r} is {linear.out_features} x {linear.in_features} but the basis was fitted "
                 f"for {mb.shape[0]} x {mb.shape[1]}: the basis belongs to another base model."
             )
+        targets.append((module_name, mb, parent, child, linear))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)
+    for module_name, mb, parent, child, linear in targets:
         layer = EigenLoraLinear(linear, torch.from_numpy(mb.U_A), torch.from_numpy(mb.U_B), rank)
-        if init not in ("zero", "bank"):
-            raise EdgeEigenLoraError(f"init must be 'zero' or 'bank', got {init!r}.")
         layer.reset_zero_delta(generator)
         if init == "bank":
             random_a = layer.eigenlora_alpha_A.detach().numpy().astype(np.float64)
@@ -201,13 +238,7 @@ def task_from_model(
 
 def apply_task(model: nn.Module, task: Task) -> None:
     """Load a task's coefficients (and head) into a model that carries the same basis."""
-    fingerprint = _basis_of(model)
-    if task.basis_fingerprint != fingerprint:
-        raise EdgeEigenLoraError(
-            f"task {task.name!r} was trained for basis {task.basis_fingerprint[:12]} but the model carries basis "
-            f"{fingerprint[:12]}. Coefficients only mean something on their own basis: attach the matching "
-            "basis or re-train the task."
-        )
+    require_basis(task.basis_fingerprint, _basis_of(model), f"task {task.name!r}", "the model")
     layers = {layer.basis_module: layer for layer in eigenlora_layers(model).values()}
     missing = sorted(set(layers) - set(task.coefficients))
     if missing:
@@ -226,3 +257,13 @@ def apply_task(model: nn.Module, task: Task) -> None:
             model.head.weight.copy_(torch.from_numpy(task.head_weight))
             bias = task.head_bias if task.head_bias is not None else np.zeros(task.head_weight.shape[0])
             model.head.bias.copy_(torch.from_numpy(np.asarray(bias, np.float32)))
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """sha256 over the base model's own weights (adapters and basis excluded), attached or not."""
+    tensors = {
+        n.replace(".base.", "."): t.detach().float().numpy()
+        for n, t in model.state_dict().items()
+        if COEFFICIENT_PREFIX not in n and not n.endswith((".U_A", ".U_B"))
+    }
+    return tensors_fingerprint(tensors)

@@ -9,6 +9,19 @@ from typing import Any
 
 from edge_eigenlora.errors import EdgeEigenLoraError
 
+__all__ = [
+    "DEFAULT_ENCODER",
+    "MODEL_CACHE",
+    "MPNET",
+    "SMOLLM2",
+    "hub_name",
+    "load_causal_lm",
+    "load_encoder",
+    "load_model",
+    "resolve_model_path",
+    "unpack_split_zip",
+]
+
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET = "sentence-transformers/all-mpnet-base-v2"
 MODEL_CACHE = Path.home() / ".cache" / "edge-eigenlora" / "models"
@@ -213,3 +226,23 @@ def _cached_smollm2() -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return folder
+
+
+def load_model(name_or_path: str | os.PathLike[str], kind: str = "auto") -> tuple[Any, Any, Path]:
+    """(model, tokenizer, folder) of a packaged or local model in float32 eval mode, with eager attention.
+
+    kind "auto" reads the config: architectures ending in ForCausalLM load as a decoder LM, others as an
+    encoder. Eager attention: the train-step graph needs it, and every graph of a bundle uses the same model.
+    """
+    from transformers import AutoConfig
+
+    from edge_eigenlora.model import detect_kind
+
+    path = resolve_model_path(str(name_or_path))
+    if kind == "auto":
+        kind = detect_kind(AutoConfig.from_pretrained(path, local_files_only=True))
+    if kind == "causal_lm":
+        model, tokenizer = load_causal_lm(str(path))
+    else:
+        model, tokenizer = load_encoder(str(path))
+    return model.float().eval(), tokenizer, Path(path)

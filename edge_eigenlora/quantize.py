@@ -16,7 +16,20 @@ from typing import Any
 
 import numpy as np
 
+from edge_eigenlora import bundle as contract
 from edge_eigenlora.errors import EdgeEigenLoraError
+from edge_eigenlora.onnx_tools import basis_nodes
+
+__all__ = [
+    "basis_sqnr",
+    "int8_per_channel",
+    "matmul_nbits",
+    "quantize_base",
+    "quantize_basis",
+    "relative_error",
+    "sqnr_db",
+    "to_fp16",
+]
 
 
 def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -35,9 +48,7 @@ def relative_error(reference: np.ndarray, test: np.ndarray) -> float:
 
 
 def _basis_initializers(model: Any) -> list[str]:
-    from edge_eigenlora.export import BASIS_SUFFIXES
-
-    names = [i.name for i in model.graph.initializer if i.name.endswith(BASIS_SUFFIXES)]
+    names = [i.name for i in model.graph.initializer if i.name.endswith(contract.BASIS_SUFFIXES)]
     if not names:
         raise EdgeEigenLoraError(
             "the graph has no basis tensors (*.U_A_t / *.U_B_t); was it exported by edge-eigenlora?"
@@ -93,7 +104,8 @@ def quantize_basis_int8(model: Any) -> Any:
     return model
 
 
-def _nbits(model: Any, exclude: list[str], block_size: int) -> Any:
+def matmul_nbits(model: Any, exclude: list[str], block_size: int) -> Any:
+    """4-bit MatMulNBits (symmetric, blocks of `block_size`) on every constant-weight MatMul not excluded."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
@@ -106,12 +118,10 @@ def _nbits(model: Any, exclude: list[str], block_size: int) -> Any:
 
 def quantize_basis_int4(model: Any, block_size: int = 32) -> Any:
     """Basis MatMuls -> MatMulNBits (4-bit, symmetric, blocks along the basis width)."""
-    from edge_eigenlora.export import basis_nodes
-
     _basis_initializers(model)
     keep = set(basis_nodes(model))
     exclude = [n.name for n in _matmul_nodes(model) if n.name not in keep]
-    return _nbits(model, exclude, min(block_size, _basis_block(model)))
+    return matmul_nbits(model, exclude, min(block_size, _basis_block(model)))
 
 
 def _basis_block(model: Any) -> int:
@@ -121,7 +131,7 @@ def _basis_block(model: Any) -> int:
     width = min(
         numpy_helper.to_array(i).shape[0]
         for i in model.graph.initializer
-        if i.name.endswith(("U_A_t", "U_B_t"))
+        if i.name.endswith(contract.BASIS_SUFFIXES)
     )
     block = 16
     while block * 2 <= width and block < 128:
@@ -143,13 +153,11 @@ def quantize_base(model: Any, mode: str, *, block_size: int = 32) -> Any:
     """Quantize the base model's constant-weight MatMuls; basis MatMuls are left as they are."""
     import onnx
 
-    from edge_eigenlora.export import basis_nodes
-
     if mode == "none":
         return model
     exclude = basis_nodes(model)
     if mode == "int4":
-        return _nbits(model, exclude, block_size)
+        return matmul_nbits(model, exclude, block_size)
     if mode != "int8":
         raise EdgeEigenLoraError(f"base quantization must be none, int8 or int4, got {mode!r}.")
     from onnxruntime.quantization import QuantType, quantize_dynamic

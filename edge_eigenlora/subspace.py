@@ -12,6 +12,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
+__all__ = [
+    "StreamedPrincipalDirections",
+    "balanced_factors",
+    "coefficients_to_factors",
+    "explained_variance",
+    "k_for_variance",
+    "module_seed",
+    "numerical_rank",
+    "orthogonal_complement_directions",
+    "principal_angles",
+    "principal_directions",
+    "project_factors",
+    "relative_delta_error",
+    "stack_columns",
+    "top_eigenvectors",
+]
+
 
 def _orthonormal_factor(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(M, R) with X = (X M) R, X M orthonormal, from the r x r Gram matrix of X (columns X: d x r).

@@ -21,6 +21,21 @@ TASK_FORMAT = "edge-eigenlora-task"
 TASK_FORMAT_VERSION = 1
 TaskKind = Literal["classification", "causal_lm", "feature_extraction"]
 
+__all__ = ["TASK_FORMAT", "TASK_FORMAT_VERSION", "Task", "load_task", "require_basis", "save_task"]
+
+
+def require_basis(task_fingerprint: str, expected: str, where: str, carrier: str) -> None:
+    """Refuse coefficients fitted for another basis: the one check and message, wherever a task is used.
+
+    `carrier` names what holds the expected basis ("this bundle", "the model", ...).
+    """
+    if task_fingerprint != expected:
+        raise EdgeEigenLoraError(
+            f"{where} was trained for basis {task_fingerprint[:12]} but {carrier} carries basis {expected[:12]}. "
+            "Coefficients only mean something on their own basis: use the matching basis, or re-train the task "
+            "on this one."
+        )
+
 
 @dataclass
 class Task:
@@ -86,12 +101,8 @@ def load_task(path: str | Path, *, expected_basis: str | None = None) -> Task:
             f"(this edge-eigenlora reads version {TASK_FORMAT_VERSION})."
         )
     fingerprint = meta.get("basis_fingerprint", "")
-    if expected_basis is not None and fingerprint != expected_basis:
-        raise EdgeEigenLoraError(
-            f"{path}: task was trained for basis {fingerprint[:12]} but this model/bundle carries basis "
-            f"{expected_basis[:12]}. Coefficients only mean something on their own basis: use the matching "
-            "basis, or re-train the task on this one."
-        )
+    if expected_basis is not None:
+        require_basis(fingerprint, expected_basis, f"task file {path}", "this model/bundle")
     coefficients: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for key in tensors:
         if key.endswith(".alpha_A"):

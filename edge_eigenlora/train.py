@@ -19,34 +19,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edge_eigenlora.errors import EdgeEigenLoraError
+from edge_eigenlora.train_config import TrainConfig
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """epochs: upper bound; training stops early after `patience` evaluations without improvement.
-
-    eval_every: steps between evaluations (None: once per epoch). max_steps caps the total.
-    lr applies to the adapter (coefficients or LoRA); head_lr to the head (defaults to lr).
-    """
-
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 5e-3
-    head_lr: float | None = None
-    weight_decay: float = 0.0
-    max_length: int = 64
-    patience: int = 3
-    eval_every: int | None = None
-    max_steps: int | None = None
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "max_length", "patience"):
-            if getattr(self, name) < 1:
-                raise EdgeEigenLoraError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.lr <= 0:
-            raise EdgeEigenLoraError(f"TrainConfig.lr must be > 0, got {self.lr}.")
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "causal_lm_loss",
+    "evaluate_causal_lm",
+    "evaluate_classifier",
+    "train_causal_lm",
+    "train_classifier",
+    "train_task",
+]
 
 
 @dataclass

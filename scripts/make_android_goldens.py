@@ -42,6 +42,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 GOLDEN = ROOT / "android_demo" / "core" / "src" / "test" / "resources" / "golden"
+# Fixtures that regeneration keeps: format 1 as it was written (manifest_format1.json), its format-2 form, and the
+# fields Python's reader gives for both (checked by tests/test_contract.py and ManifestFieldsTest.kt).
+FROZEN = ("manifest_format1.json", "manifest_v2.json", "manifest_fields.json")
 DEFAULT_BUNDLE = Path.home() / ".cache" / "edge-eigenlora" / "android" / "bundle-minilm-k16-r8"
 RANK, K = 8, 16
 MINI_TOKENIZER_FILES = (
@@ -131,7 +134,7 @@ def build_bundle(path: Path) -> Path:
 
     if (path / bundle.MANIFEST).is_file():
         manifest = bundle.verify_bundle(path)
-        if any(g["variant"] == "train_step" for g in manifest.data["graphs"]):
+        if manifest.has_graph(bundle.TRAIN_STEP):
             return path
     import torch
 
@@ -139,7 +142,6 @@ def build_bundle(path: Path) -> Path:
     from edge_eigenlora.basis import SubspaceConfig, fit_basis, save_basis
     from edge_eigenlora.export import ExportConfig, export_bundle
     from edge_eigenlora.pretrained import load_encoder
-    from edge_eigenlora.train_graph import add_train_step
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     if path.exists():
@@ -153,12 +155,18 @@ def build_bundle(path: Path) -> Path:
         layout = bundle.CoefficientLayout.from_basis(basis, RANK)
         tasks = _tasks(basis, layout, int(encoder.config.hidden_size), tmp / "tasks")
         config = ExportConfig(
-            rank=RANK, variants=("shared",), basis_quant="int8", ort_format=True, target="android"
+            rank=RANK, basis_quant="int8", ort_format=True, target="android", train_step=True
         )
         staging = tmp / "bundle"
-        export_bundle("sentence-transformers/all-MiniLM-L6-v2", basis_path, staging, config=config, tasks=tasks,
-                      model=encoder, tokenizer=tokenizer)  # fmt: skip
-        add_train_step(staging, basis_path, model=encoder, ort_format=True)
+        export_bundle(
+            "sentence-transformers/all-MiniLM-L6-v2",
+            basis_path,
+            staging,
+            config=config,
+            tasks=tasks,
+            model=encoder,
+            tokenizer=tokenizer,
+        )
         staging.rename(path)
     bundle.verify_bundle(path)
     return path
@@ -171,29 +179,30 @@ def _write_f32(path: Path, array: np.ndarray) -> None:
 def _mini_bundle(real: Path, out: Path) -> None:
     from edge_eigenlora import bundle
 
+    from dataclasses import replace
+
     manifest = bundle.read_manifest(real)
-    data = json.loads(json.dumps(manifest.data))
-    copied = list(MINI_TOKENIZER_FILES) + [info["file"] for info in data["tasks"].values()]
+    copied = list(MINI_TOKENIZER_FILES) + [t.file for t in manifest.tasks.values()]
+    out.mkdir(parents=True, exist_ok=True)
+    writer = bundle.BundleWriter(out)
     for rel in copied:
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(real / rel, out / rel)
-    data["graphs"] = []
-    data["tokenizer"]["files"] = [f for f in data["tokenizer"]["files"] if f in MINI_TOKENIZER_FILES]
-    bundle.write_manifest(out, data)
+        writer.write_bytes(rel, (real / rel).read_bytes())
+    settings = replace(manifest.tokenizer, files=tuple(f for f in manifest.tokenizer.files if f in MINI_TOKENIZER_FILES))
+    writer.write_manifest(replace(manifest, graphs=(), tokenizer=settings))
     mini = bundle.verify_bundle(out)
     for rel in copied:  # byte-identical to the real bundle's files
-        assert mini.data["files"][rel] == manifest.data["files"][rel], rel
+        assert mini.files[rel] == manifest.files[rel], rel
 
 
 def _token_cases(real: Path) -> dict:
     from edge_eigenlora import bundle
     from edge_eigenlora.runtime.tokenize import BundleTokenizer
 
-    settings = bundle.read_manifest(real).data["tokenizer"]
+    settings = bundle.read_manifest(real).tokenizer
     tokenizers = {}
     cases = []
     for text, max_length in TEXTS:
-        length = int(max_length or settings["max_length"])
+        length = int(max_length or settings.max_length)
         if length not in tokenizers:
             tokenizers[length] = BundleTokenizer(real, settings, max_length=length, on_long="silent")
         encoding = tokenizers[length]._tok.encode(text)
@@ -201,7 +210,7 @@ def _token_cases(real: Path) -> dict:
             {"text": text, "max_length": length, "ids": list(encoding.ids), "tokens": list(encoding.tokens)}
         )
     return {"source": "edge_eigenlora.runtime.tokenize.BundleTokenizer (tokenizer/tokenizer.json)",
-            "default_max_length": int(settings["max_length"]), "cases": cases}  # fmt: skip
+            "default_max_length": int(settings.max_length), "cases": cases}  # fmt: skip
 
 
 def _adamw(real: Path, out: Path) -> dict:
@@ -320,9 +329,12 @@ def main() -> int:
             problems = compare(args.out, Path(tmp))
         print("\n".join(problems) or "goldens match")
         return 1 if problems else 0
+    frozen = {name: (args.out / name).read_bytes() for name in FROZEN if (args.out / name).is_file()}
     if args.out.exists():
         shutil.rmtree(args.out)
     write_goldens(real, args.out)
+    for name, data in frozen.items():
+        (args.out / name).write_bytes(data)
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"wrote {args.out} ({total / 1e6:.2f} MB) from {real}")
     return 0

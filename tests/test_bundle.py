@@ -21,8 +21,9 @@ from edge_eigenlora.adapters import load_bank
 from edge_eigenlora.basis import SubspaceConfig, fit_basis, save_basis
 from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.export import ExportConfig, export_bundle
-from edge_eigenlora.export_cli import add_export_commands, load_recipe, main
-from edge_eigenlora.fileio import save_safetensors_atomic
+from edge_eigenlora.cli import main
+from edge_eigenlora.export_cli import add_export_commands, load_recipe
+from edge_eigenlora.fileio import save_safetensors_atomic, sha256_file
 from edge_eigenlora.model import TextClassifier, apply_task, attach_basis, eigenlora_layers, task_from_model
 from edge_eigenlora.task import save_task
 from tests.helpers import write_peft_adapter
@@ -119,8 +120,8 @@ def _session(path):
 
 def test_manifest_layout_and_files(setup):
     manifest = bundle.verify_bundle(setup["bundle"])
-    data = manifest.data
-    assert data["format"] == "edge-eigenlora-bundle" and data["format_version"] == 1
+    data = json.loads((setup["bundle"] / "manifest.json").read_text())
+    assert data["format"] == "edge-eigenlora-bundle" and data["format_version"] == 2
     assert data["basis"]["fingerprint"] == setup["basis"].fingerprint
     coeff = data["coefficients"]
     assert coeff["size"] == 4 * 2 * 8 * RANK == 256 and coeff["rank"] == RANK
@@ -132,16 +133,11 @@ def test_manifest_layout_and_files(setup):
     assert [s["offset"] for s in coeff["segments"]] == list(range(0, 256, 32))
     assert sorted({n.rsplit(".", 1)[0] for n in names}) == [n.rsplit(".", 1)[0] for n in names[::2]]
     shared = manifest.graph("shared")
-    assert [i["name"] for i in shared["inputs"]] == [
-        "input_ids",
-        "attention_mask",
-        "coefficients",
-        "head_weight",
-        "head_bias",
-    ]
-    assert shared["inputs"][2]["shape"] == [256] and shared["inputs"][3]["shape"] == ["labels", 32]
-    assert shared["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", "labels"]}]
-    assert manifest.graph("per_row")["inputs"][2]["shape"] == ["batch", 256]
+    assert shared.input_names == ("input_ids", "attention_mask", "coefficients", "head_weight", "head_bias")
+    assert shared.inputs[2].shape == (256,) and shared.inputs[3].shape == ("labels", 32)
+    assert shared.outputs == (bundle.TensorSpec("logits", "float32", ("batch", "labels")),)
+    assert manifest.graph("per_row").inputs[2].shape == ("batch", 256)
+    assert shared.external_data == ("weights.data",) and manifest.graph("per_row").external_data == ("weights.data",)
     assert set(data["files"]) >= {
         "model_shared.onnx",
         "model_per_row.onnx",
@@ -194,7 +190,6 @@ def test_per_row_batch_equals_separate_runs(setup, tmp_path):
     bundle.add_task(b, setup["tasks"]["t1"])
     manifest = bundle.read_manifest(b)
     t0, t1 = (bundle.load_bundle_task(manifest, n) for n in ("t0", "t1"))
-    t1.head_weight, t1.head_bias = t1.head_weight[:3], t1.head_bias[:3]  # one label count per batch
     shared, per_row = _session(b / "model_shared.onnx"), _session(b / "model_per_row.onnx")
     enc = setup["tokenizer"](TEXTS, padding=True, return_tensors="np")
     ids = {
@@ -202,11 +197,14 @@ def test_per_row_batch_equals_separate_runs(setup, tmp_path):
         "attention_mask": enc["attention_mask"].astype(np.int64),
     }
     rows = [t0, t1, t1, t0]
-    got = per_row.run(["logits"], {**ids, **bundle.row_feeds(rows, manifest)})[0]
+    feeds, counts = bundle.row_feeds([bundle.task_feeds(t, manifest) for t in rows])
+    assert counts == [3, 5, 5, 3]  # different label counts share one batch: heads padded, bias -inf
+    got = per_row.run(["logits"], {**ids, **feeds})[0]
+    assert got.shape == (4, 5) and np.all(got[[0, 3], 3:] == -np.inf)
     for i, task in enumerate(rows):
         alone = shared.run(["logits"], {**ids, **bundle.task_feeds(task, manifest)})[0][i]
-        assert np.max(np.abs(got[i] - alone)) < 1e-5
-    assert np.max(np.abs(got[0] - got[1])) > 1e-3  # rows really run different tasks
+        assert np.max(np.abs(got[i, : counts[i]] - alone)) < 1e-5
+    assert np.max(np.abs(got[0, :3] - got[1, :3])) > 1e-3  # rows really run different tasks
 
 
 def test_add_task_keeps_the_graph_and_lists_it(setup, tmp_path):
@@ -216,12 +214,12 @@ def test_add_task_keeps_the_graph_and_lists_it(setup, tmp_path):
     assert bundle.add_task(b, setup["tasks"]["t1"], name="sentiment-v2") == "sentiment-v2"
     manifest = bundle.verify_bundle(b)
     assert (
-        manifest.data["files"]["model_shared.onnx"] == before
+        manifest.files["model_shared.onnx"] == before
         and (b / "model_shared.onnx").stat().st_mtime_ns == mtime
     )
     assert [t["name"] for t in bundle.list_tasks(b)] == ["sentiment-v2", "t0"]
     assert bundle.list_tasks(b)[0]["num_labels"] == 5
-    assert not [p for p in b.rglob(".*")]  # no temporaries left behind
+    assert [p.name for p in b.rglob(".*")] == [".manifest.lock"]  # no temporaries left behind
 
 
 def test_bundle_module_does_not_import_torch():
@@ -261,7 +259,7 @@ def test_task_for_another_basis_is_refused(setup, tmp_path):
     path = save_task(task_from_model(clf, "foreign"), tmp_path / "foreign.safetensors")
     with pytest.raises(
         EdgeEigenLoraError,
-        match=rf"task was trained for basis {other.short_id} but this model/bundle carries basis {setup['basis'].short_id}",
+        match=rf"foreign.safetensors was trained for basis {other.short_id} but this model/bundle carries basis {setup['basis'].short_id}",
     ):
         bundle.add_task(b, path)
     task = task_from_model(clf, "foreign")
@@ -307,7 +305,9 @@ def test_nan_or_inf_coefficients_are_refused(setup, tmp_path, bad):
         meta = fh.metadata()
     tensors["encoder.layer.1.attention.self.value.alpha_B"][2, 1] = bad
     save_safetensors_atomic(src, tensors, meta)
-    bundle.write_manifest(b, json.loads((b / "manifest.json").read_text()))  # checksums fine: content is bad
+    data = json.loads((b / "manifest.json").read_text())
+    data["files"]["tasks/t0.safetensors"] = sha256_file(src)  # checksums fine: the content is bad
+    (b / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(
         EdgeEigenLoraError,
         match=r"t0.safetensors: coefficients of module 'encoder.layer.1.attention.self.value' contain NaN or Inf",
@@ -322,7 +322,7 @@ def test_unknown_format_version_is_refused(setup, tmp_path):
     (b / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(
         EdgeEigenLoraError,
-        match=r"manifest.json: format_version 99 is not supported \(this edge-eigenlora reads version 1\); upgrade edge-eigenlora or re-export the bundle",
+        match=r"manifest.json: format_version 99 is not supported \(this edge-eigenlora reads versions \[1, 2\]\); upgrade edge-eigenlora or re-export the bundle",
     ):
         bundle.verify_bundle(b)
 
@@ -417,7 +417,7 @@ def test_onnx_adapter_file_for_orts_multi_lora_api(setup, tmp_path):
     manifest = bundle.read_manifest(b)
     task = bundle.load_bundle_task(manifest, "t0")
     path = write_onnx_adapter(b, task)
-    assert bundle.verify_bundle(b).data["files"]["tasks/t0.onnx_adapter"]
+    assert bundle.verify_bundle(b).files["tasks/t0.onnx_adapter"]
     adapter = ort.LoraAdapter()
     adapter.Load(str(path))
     options = ort.RunOptions()

@@ -3,6 +3,7 @@ fp32, per-row, merged, quantized and .ort graphs, the efficient adapter form, an
 """
 
 import copy
+import json
 
 import numpy as np
 import onnx
@@ -12,13 +13,8 @@ import torch
 from edge_eigenlora import bundle, quantize
 from edge_eigenlora.adapters import load_bank
 from edge_eigenlora.basis import SubspaceConfig, fit_basis, save_basis
-from edge_eigenlora.export import (
-    ExportConfig,
-    derive_bundle,
-    export_bundle,
-    op_counts,
-    per_token_matmul_widths,
-)
+from edge_eigenlora.export import ExportConfig, derive_bundle, export_bundle
+from edge_eigenlora.onnx_tools import op_counts, per_token_matmul_widths
 from edge_eigenlora.model import attach_basis, eigenlora_layers, task_from_model
 from edge_eigenlora.task import save_task
 from tests.helpers import tiny_llama_bank_dirs
@@ -93,11 +89,11 @@ def _feeds(bundle_dir, name):
 
 def test_decoder_manifest(llama):
     manifest = bundle.verify_bundle(llama["fp32"])
-    assert manifest.kind == "causal_lm" and manifest.data["head"] is None
+    assert manifest.kind == "causal_lm" and json.loads(manifest.path.read_text())["head"] is None
     graph = manifest.graph("shared")
-    assert [i["name"] for i in graph["inputs"]] == ["input_ids", "attention_mask", "coefficients"]
-    assert graph["inputs"][2]["shape"] == [4 * 2 * K * RANK]
-    assert graph["outputs"][0]["shape"] == ["batch", "seq", 30522]
+    assert graph.input_names == ("input_ids", "attention_mask", "coefficients")
+    assert graph.inputs[2].shape == (4 * 2 * K * RANK,)
+    assert graph.outputs[0].shape == ("batch", "seq", 30522)
 
 
 def test_fp32_decoder_logits_equal_torch(llama):
@@ -126,7 +122,7 @@ def test_decoder_graph_has_no_per_token_k_matmul(llama):
 def test_mobile_4bit_bundle_onnx_and_ort(llama):
     manifest = bundle.verify_bundle(llama["mobile"])
     graph = manifest.graph("shared")
-    assert graph["quantization"]["basis"] == "int4" and graph["quantization"]["base"] == "int4"
+    assert graph.quantization.basis == "int4" and graph.quantization.base == "int4"
     assert "MatMulNBits" in (llama["mobile"] / graph["required_operators"]).read_text()
     # 2 layers x 7 Linears + lm_head = 15 base, 2 x 4 basis factor matmuls
     assert op_counts(onnx.load(str(llama["mobile"] / graph["file"])))["com.microsoft.MatMulNBits"] == 15 + 8

@@ -103,13 +103,13 @@ class _LoraLinear(torch.nn.Module):
 
 
 def test_exact_counts_on_a_torch_exported_graph(tmp_path):
-    from edge_eigenlora.export import export_onnx
+    from edge_eigenlora.graph_modules import to_onnx
 
     x = torch.randn(2, 5, D_IN)
     alpha = (torch.randn(K, R), torch.randn(K, R))
     B, S = torch.export.Dim("batch"), torch.export.Dim("seq")
     shapes = {"x": {0: B, 1: S}, "alpha_a": None, "alpha_b": None}
-    model = export_onnx(_LoraLinear().eval(), (x, *alpha), shapes, list(shapes))
+    model = to_onnx(_LoraLinear().eval(), (x, *alpha), shapes, list(shapes), ["logits"])
     for dim in model.graph.input[0].type.tensor_type.shape.dim[:2]:
         assert dim.dim_param  # dynamic
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"

@@ -14,7 +14,7 @@ from edge_eigenlora import bundle
 from edge_eigenlora.adapters import load_bank
 from edge_eigenlora.basis import SubspaceConfig, fit_basis, save_basis
 from edge_eigenlora.export import ExportConfig, export_bundle
-from edge_eigenlora.model import TextClassifier, apply_task, attach_basis, eigenlora_layers
+from edge_eigenlora.model import TextClassifier, apply_task, attach_basis, eigenlora_layers, task_from_model
 from edge_eigenlora.runtime import DeviceRuntime, RuntimeOptions
 from edge_eigenlora.runtime.trainer import (
     DeviceTrainConfig,
@@ -23,6 +23,7 @@ from edge_eigenlora.runtime.trainer import (
     init_params,
     make_task,
 )
+from edge_eigenlora.task import save_task
 
 pytestmark = pytest.mark.real_model
 RANK = 8
@@ -35,16 +36,25 @@ def real(tmp_path_factory, minilm, minilm_bank_dirs):
     root = tmp_path_factory.mktemp("minilm_train")
     basis = fit_basis(load_bank(minilm_bank_dirs), SubspaceConfig(k=16), progress=False)
     basis_path = save_basis(basis, root / "basis.safetensors")
+    clf = TextClassifier(attach_basis(copy.deepcopy(encoder), basis, rank=RANK, init="bank"), num_labels=3)
+    merged = save_task(task_from_model(clf, "merged"), root / "merged.safetensors")
+    config = ExportConfig(
+        rank=RANK,
+        variants=("shared", "per_row", "merged"),
+        merged_task="merged",
+        basis_quant="none",
+        max_length=64,
+        train_step=True,
+    )
     out = export_bundle(
         "sentence-transformers/all-MiniLM-L6-v2",
         basis_path,
         root / "bundle",
         model=encoder,
         tokenizer=tokenizer,
-        config=ExportConfig(
-            rank=RANK, variants=("shared",), basis_quant="none", max_length=64, train_step=True
-        ),
-    )  # fmt: skip  (export_bundle writes the train step through add_train_step)
+        tasks=[merged],
+        config=config,
+    )
     return {"encoder": encoder, "tokenizer": tokenizer, "basis": basis, "bundle": out}
 
 
@@ -94,19 +104,28 @@ def test_train_step_gradients_equal_torch_autograd(real, batch, seq):
 def test_train_graph_manifest_entry_and_size(real):
     manifest = bundle.verify_bundle(real["bundle"])
     entry = manifest.graph("train_step")
-    assert entry["coefficients_size"] == manifest.layout.size == 12 * 2 * 16 * RANK
-    assert [o["name"] for o in entry["outputs"]] == [
-        "loss",
-        "logits",
-        "grad_coefficients",
-        "grad_head_weight",
-        "grad_head_bias",
-    ]
-    assert entry["outputs"][2]["shape"] == [manifest.layout.size]
-    shared = (real["bundle"] / "model_shared.onnx").stat().st_size
-    train = (real["bundle"] / entry["file"]).stat().st_size
-    assert train < 1.05 * shared  # frozen weights stored once (W^T of the backward pass is a Transpose node)
-    assert all(not op.startswith("com.") for op in entry["op_counts"])
+    assert entry.output_names == ("loss", "logits", "grad_coefficients", "grad_head_weight", "grad_head_bias")
+    assert entry.outputs[2].shape == (manifest.layout.size,) == (12 * 2 * 16 * RANK,)
+    assert entry.loss == "cross_entropy_mean" and entry.max_seq == 512
+    assert all(not op.startswith("com.") for op in entry.op_counts)
+
+
+def _graph_alone_bytes(root, entry):
+    """What one graph costs on its own: its .onnx plus every distinct external tensor it reads."""
+    tensors = bundle.onnx_external_tensors((root / entry.file).read_bytes())
+    distinct = {(t["location"], t["offset"], t["length"]) for t in tensors}
+    return (root / entry.file).stat().st_size + sum(length for _, _, length in distinct)
+
+
+def test_four_graphs_cost_at_most_1_3x_one_graph(real):
+    """shared + per_row + merged + train step store the frozen weights once (target: <= 1.3x one graph)."""
+    manifest = bundle.verify_bundle(real["bundle"])
+    assert manifest.variants == ("shared", "per_row", "merged", "train_step")
+    one = _graph_alone_bytes(real["bundle"], manifest.graph("shared"))
+    graph_files = {f for g in manifest.graphs for f in (g.file, *g.external_data)}
+    total = sum((real["bundle"] / f).stat().st_size for f in graph_files)
+    assert one > 80e6  # the real model's fp32 weights are in there (~86 MiB)
+    assert total <= 1.3 * one, (total / one, total, one)
 
 
 def test_device_training_learns_a_real_task(real):

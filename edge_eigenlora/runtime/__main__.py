@@ -17,19 +17,22 @@ from pathlib import Path
 
 from edge_eigenlora.errors import EdgeEigenLoraError
 
+__all__ = ["build_parser", "main"]
+
 
 def _runtime(args: argparse.Namespace) -> object:
+    from dataclasses import replace
+
     from edge_eigenlora.runtime.session import DeviceRuntime, RuntimeOptions
 
-    # Training defaults to low memory (measured: 0.39x PyTorch LoRA's peak instead of 0.60x, ~30% slower steps):
-    # on a phone memory is the constraint. Inference keeps onnxruntime's defaults unless asked.
+    # Training defaults to low memory (RuntimeOptions.low_memory: one copy of the weights for the inference and
+    # train-step sessions; docs/runtime.md has its memory and step-time cost): on a phone memory is the
+    # constraint. Inference keeps onnxruntime's defaults unless asked.
     low_memory = args.low_memory if args.low_memory is not None else args.command == "train"
-    options = RuntimeOptions(
-        threads=args.threads,
-        arena=not (args.no_arena or low_memory),
-        prefer_ort=args.prefer_ort,
-        disabled_optimizers=("ConstantFolding",) if low_memory else (),
-    )
+    if low_memory:
+        options = replace(RuntimeOptions.low_memory(args.threads), prefer_ort=args.prefer_ort)
+    else:
+        options = RuntimeOptions(threads=args.threads, arena=not args.no_arena, prefer_ort=args.prefer_ort)
     return DeviceRuntime(args.bundle, options=options, max_length=args.max_length, on_long=args.on_long)
 
 
@@ -116,14 +119,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"task {args.name!r} already exists in {args.bundle}; choose another --name or pass --overwrite."
         )
     if args.method == "zo":
-        config = ZOConfig(steps=args.max_steps or 300, batch_size=args.batch_size, lr=args.lr if args.lr else 3e-2,
+        config = ZOConfig(steps=args.max_steps or ZOConfig.steps, batch_size=args.batch_size, lr=args.lr or ZOConfig.lr,
                           eval_every=args.eval_every or 50, patience=args.patience, seed=args.seed,
                           validation_fraction=args.validation_fraction, max_seconds=args.max_seconds)  # fmt: skip
         trainer = ZerothOrderTrainer(rt, args.name, (data.texts, data.labels), data.label_names,
                                      validation=validation, config=config)  # type: ignore[arg-type]  # fmt: skip
     else:
         config = DeviceTrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, accumulation=args.accumulation, lr=args.lr or 5e-3,
+            epochs=args.epochs, batch_size=args.batch_size, accumulation=args.accumulation, lr=args.lr or DeviceTrainConfig.lr,
             head_lr=args.head_lr, max_steps=args.max_steps, eval_every=args.eval_every, patience=args.patience,
             checkpoint_every=args.checkpoint_every, validation_fraction=args.validation_fraction, seed=args.seed,
             head_init=args.head_init,
@@ -159,7 +162,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--low-memory",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="arena off and no constant folding, so the train step keeps one copy of each weight "
+        help="arena off, no constant folding or prepacking, weights shared between sessions: one copy of each weight "
         "(default: on for train, off for run and tasks)",
     )
     p.add_argument(
@@ -173,6 +176,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edge_eigenlora.runtime.trainer import DeviceTrainConfig
+    from edge_eigenlora.runtime.zeroth_order import ZOConfig
+
+    d, z = DeviceTrainConfig(), ZOConfig()
     parser = argparse.ArgumentParser(prog="edge-eigenlora-device", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -202,27 +209,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--validation-file", help="labelled validation texts (default: split off the training file)"
     )
     p.add_argument(
-        "--validation-fraction", type=float, default=0.15, help="share of the training file held out"
+        "--validation-fraction",
+        type=float,
+        default=d.validation_fraction,
+        help="share of the training file held out",
     )
     p.add_argument("--method", choices=("grad", "zo"), default="grad",
                    help="grad: the train-step graph (gradients); zo: forward-only SPSA/MeZO on the inference graph")  # fmt: skip
-    p.add_argument("--epochs", type=int, default=10, help="upper bound on epochs (grad)")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per micro-batch")
-    p.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step (grad)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 5e-3 grad, 3e-2 zo)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="upper bound on epochs (grad)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per micro-batch")
+    p.add_argument(
+        "--accumulation", type=int, default=d.accumulation, help="micro-batches per optimizer step (grad)"
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help=f"learning rate (default: {d.lr:g} grad, {z.lr:g} zo)"
+    )
     p.add_argument("--head-lr", type=float, default=None, help="head learning rate (grad; default: --lr)")
     p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps (zo default: 300)")
     p.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget (zo)")
     p.add_argument(
         "--eval-every", type=int, default=None, help="steps between validations (grad default: one epoch)"
     )
-    p.add_argument("--patience", type=int, default=3, help="validations without improvement before stopping")
-    p.add_argument("--head-init", choices=("random", "probe"), default="random",
+    p.add_argument(
+        "--patience", type=int, default=d.patience, help="validations without improvement before stopping"
+    )
+    p.add_argument("--head-init", choices=("random", "probe"), default=d.head_init,
                    help="grad: random N(0, 0.02) head, or a ridge probe on the frozen embeddings")  # fmt: skip
     p.add_argument("--checkpoint", help="checkpoint file (default: BUNDLE/.checkpoints/NAME.safetensors)")
-    p.add_argument("--checkpoint-every", type=int, default=10, help="optimizer steps between checkpoints")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=d.checkpoint_every, help="optimizer steps between checkpoints"
+    )
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
-    p.add_argument("--seed", type=int, default=0, help="seed of init, split and shuffling")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of init, split and shuffling")
     p.add_argument("--out", help="also write the task file here")
     p.add_argument("--no-add", action="store_true", help="do not add the task to the bundle (use with --out)")
     p.add_argument("--overwrite", action="store_true", help="replace a task of the same name in the bundle")

@@ -12,6 +12,8 @@ import numpy as np
 
 from edge_eigenlora.errors import EdgeEigenLoraError
 
+__all__ = ["AdamW"]
+
 
 @dataclass
 class AdamW:

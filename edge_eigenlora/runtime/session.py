@@ -1,7 +1,9 @@
 """Open a bundle on the device and run tasks: onnxruntime + numpy only.
 
 A task is a few KB of coefficients fed as graph inputs, so every task shares one loaded graph. Tasks are read
-once and cached as ready-to-feed arrays: switching task is a dict lookup (microseconds), not a session load.
+once and cached as ready-to-feed arrays, so a switch costs what feeding other inputs costs. The graphs'
+weights live once in the bundle's external-data file; with `share_weights` every session of this runtime
+(inference and train step) uses one memory-mapped copy of them instead of one copy per session.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge_eigenlora import bundle as bundle_mod
+from edge_eigenlora import bundle as contract
 from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.runtime.tokenize import BundleTokenizer, OnLong, check_ids
 from edge_eigenlora.task import Task
 
-TRAIN_VARIANT = "train_step"
+__all__ = ["DeviceRuntime", "LoadedTask", "RuntimeOptions", "make_session", "switch_cost_us"]
+
 Optimization = Literal["disable", "basic", "extended", "all"]
 
 
@@ -32,6 +35,11 @@ class RuntimeOptions:
     repeated runs, higher peak RSS; off on small devices). mem_pattern: pre-planned activation buffers.
     prepacking: MLAS weight pre-packing (faster matmuls, a second copy of the weights in memory).
     prefer_ort: load the .ort (ORT Mobile) file of a graph when the bundle has one.
+    share_weights: hand onnxruntime the graphs' external weights as pre-made initializers backed by one
+    memory map of the bundle's weights file, so two sessions (run + train) hold one copy of the base model.
+    It pays only with prepacking off: prepacking makes per-session packed copies anyway, and the mapped
+    weights then come on top (measured in benchmarks/results/bundle/report.md), hence off by default and on
+    in `low_memory()`.
     disabled_optimizers: onnxruntime graph optimizers to skip, e.g. ("ConstantFolding",) keeps the train
     graph's weight transposes as nodes instead of folding them into second copies of the weights.
     """
@@ -43,11 +51,21 @@ class RuntimeOptions:
     optimization: Optimization = "all"
     prefer_ort: bool = False
     disabled_optimizers: tuple[str, ...] = ()
+    share_weights: bool = False
 
     @classmethod
     def low_memory(cls, threads: int = 0) -> RuntimeOptions:
-        """Arena off and no constant folding: the train step peaks at ~0.4x PyTorch LoRA training (measured)."""
-        return cls(threads=threads, arena=False, disabled_optimizers=("ConstantFolding",))
+        """Arena off, no constant folding, no prepacking, weights shared between sessions: one copy of the model.
+
+        What each setting saves and costs in time: benchmarks/results/bundle/report.md.
+        """
+        return cls(
+            threads=threads,
+            arena=False,
+            prepacking=False,
+            share_weights=True,
+            disabled_optimizers=("ConstantFolding",),
+        )
 
     def __post_init__(self) -> None:
         if self.threads < 0:
@@ -60,8 +78,10 @@ class RuntimeOptions:
             )
 
 
-def make_session(path: str | os.PathLike[str], options: RuntimeOptions) -> Any:
-    """An onnxruntime CPU session configured by `options`."""
+def make_session(
+    path: str | os.PathLike[str], options: RuntimeOptions, initializers: dict[str, Any] | None = None
+) -> Any:
+    """An onnxruntime CPU session configured by `options`; `initializers` (name -> OrtValue) are shared."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -82,6 +102,8 @@ def make_session(path: str | os.PathLike[str], options: RuntimeOptions) -> Any:
         so.add_session_config_entry(
             "optimization.disable_specified_optimizers", ",".join(options.disabled_optimizers)
         )
+    for name, value in (initializers or {}).items():
+        so.add_initializer(name, value)
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
@@ -108,10 +130,66 @@ class LoadedTask:
 
     def feeds(self) -> dict[str, np.ndarray]:
         return {
-            "coefficients": self.coefficients,
-            "head_weight": self.head_weight,
-            "head_bias": self.head_bias,
+            contract.COEFFICIENTS: self.coefficients,
+            contract.HEAD_WEIGHT: self.head_weight,
+            contract.HEAD_BIAS: self.head_bias,
         }
+
+
+class SharedWeights:
+    """The bundle's external weights, memory-mapped once, as OrtValues for every session of one runtime."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._maps: dict[str, np.memmap] = {}
+        self._values: dict[tuple[str, int, int], Any] = {}
+
+    def initializers(
+        self, graph_path: Path, manifest: contract.Manifest, graph: contract.GraphEntry
+    ) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        out = {}
+        for t in contract.onnx_external_tensors(graph_path.read_bytes()):
+            if t["location"] not in graph.external_data:
+                raise EdgeEigenLoraError(
+                    f"{manifest.path}: graph {graph.file} reads {t['location']!r}, which its entry does not list."
+                )
+            dtype = _ONNX_DTYPES.get(t.get("data_type", 0))
+            if dtype is None:
+                return {}  # a type numpy cannot view: let onnxruntime load this graph's weights itself
+            count = int(np.prod(t["dims"], dtype=np.int64))
+            length = t["length"] if t["length"] is not None else count * dtype.itemsize
+            key = (t["location"], t["offset"], length)
+            if key not in self._values:
+                data = self._map(t["location"], manifest)
+                if t["offset"] + length > data.size or count * dtype.itemsize != length:
+                    raise EdgeEigenLoraError(
+                        f"{graph.file}: tensor {t['name']!r} does not fit {t['location']} (offset {t['offset']}, "
+                        f"length {length}); the bundle is damaged: re-copy or re-export it."
+                    )
+                array = data[t["offset"] : t["offset"] + length].view(dtype).reshape(t["dims"])
+                self._values[key] = (array, ort.OrtValue.ortvalue_from_numpy(array))
+            out[t["name"]] = self._values[key][1]
+        return out
+
+    def _map(self, location: str, manifest: contract.Manifest) -> np.memmap:
+        if location not in self._maps:
+            path = contract.inside_bundle(self.root, location, str(manifest.path))
+            self._maps[location] = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: never written
+        return self._maps[location]
+
+
+# TensorProto.DataType -> numpy, for the types a bundle's weights use.
+_ONNX_DTYPES = {
+    1: np.dtype(np.float32),
+    2: np.dtype(np.uint8),
+    3: np.dtype(np.int8),
+    6: np.dtype(np.int32),
+    7: np.dtype(np.int64),
+    10: np.dtype(np.float16),
+    11: np.dtype(np.float64),
+}
 
 
 class DeviceRuntime:
@@ -121,24 +199,30 @@ class DeviceRuntime:
     `train_step(...)` runs the train-step graph (loss + gradients) when the bundle carries one.
     """
 
-    def __init__(self, bundle: str | os.PathLike[str], *, options: RuntimeOptions | None = None,
-                 verify: bool = True, max_length: int | None = None, on_long: OnLong = "warn") -> None:  # fmt: skip
+    def __init__(
+        self,
+        bundle: str | os.PathLike[str],
+        *,
+        options: RuntimeOptions | None = None,
+        verify: bool = True,
+        max_length: int | None = None,
+        on_long: OnLong = "warn",
+    ) -> None:
         self.root = Path(bundle)
-        self.manifest = bundle_mod.verify_bundle(self.root) if verify else bundle_mod.read_manifest(self.root)
+        self.manifest = contract.verify_bundle(self.root) if verify else contract.read_manifest(self.root)
         if self.manifest.kind != "classification":
             raise EdgeEigenLoraError(
-                f"{self.root / bundle_mod.MANIFEST}: kind is {self.manifest.kind!r}; the device runtime runs "
+                f"{self.manifest.path}: kind is {self.manifest.kind!r}; the device runtime runs "
                 "classification bundles (text -> labels)."
             )
         self.options = options or RuntimeOptions()
         self.layout = self.manifest.layout
         self.on_long = on_long
-        settings = dict(self.manifest.data.get("tokenizer") or {})
-        self.max_length = int(max_length or settings.get("max_length") or 128)
-        self._settings = settings
+        self.max_length = int(max_length or self.manifest.tokenizer.max_length)
         self._tokenizer: BundleTokenizer | None = None
         self._sessions: dict[str, Any] = {}
         self._tasks: dict[str, LoadedTask] = {}
+        self._weights = SharedWeights(self.root) if self.options.share_weights else None
 
     # -- bundle contents -------------------------------------------------------------------------------
     @property
@@ -150,20 +234,20 @@ class DeviceRuntime:
         return self.manifest.basis_fingerprint
 
     def variants(self) -> list[str]:
-        return [g["variant"] for g in self.manifest.data["graphs"]]
+        return list(self.manifest.variants)
 
     @property
     def has_train_step(self) -> bool:
-        return TRAIN_VARIANT in self.variants()
+        return self.manifest.has_graph(contract.TRAIN_STEP)
 
     def list_tasks(self) -> list[dict[str, Any]]:
-        return [{"name": n, **info} for n, info in sorted(self.manifest.tasks.items())]
+        return [{"name": n, **t.to_json()} for n, t in sorted(self.manifest.tasks.items())]
 
     @property
     def tokenizer(self) -> BundleTokenizer:
         if self._tokenizer is None:
             self._tokenizer = BundleTokenizer(
-                self.root, self._settings, max_length=self.max_length, on_long=self.on_long
+                self.root, self.manifest.tokenizer, max_length=self.max_length, on_long=self.on_long
             )
         return self._tokenizer
 
@@ -174,15 +258,18 @@ class DeviceRuntime:
             return None
 
     # -- sessions --------------------------------------------------------------------------------------
-    def session(self, variant: str = "shared") -> Any:
+    def session(self, variant: str = contract.SHARED) -> Any:
         """The onnxruntime session of one graph variant (created on first use, then kept)."""
         if variant not in self._sessions:
             graph = self.manifest.graph(variant)
-            rel = (
-                graph.get("ort_file") if self.options.prefer_ort and graph.get("ort_file") else graph["file"]
+            use_ort = self.options.prefer_ort and graph.ort_file is not None
+            path = contract.inside_bundle(
+                self.root, graph.ort_file if use_ort else graph.file, str(self.manifest.path)
             )
-            path = bundle_mod.inside_bundle(self.root, rel, str(self.root / bundle_mod.MANIFEST))
-            self._sessions[variant] = make_session(path, self.options)
+            shared = None
+            if self._weights is not None and not use_ort and graph.external_data:
+                shared = self._weights.initializers(path, self.manifest, graph)
+            self._sessions[variant] = make_session(path, self.options, shared)
         return self._sessions[variant]
 
     def close(self, variant: str | None = None) -> None:
@@ -196,68 +283,79 @@ class DeviceRuntime:
         if isinstance(task, LoadedTask):
             return task
         if isinstance(task, Task):
-            return self._load(task, where=f"task {task.name!r}")
+            return self._load(task)
         cached = self._tasks.get(task)
         if cached is None:
-            loaded = bundle_mod.load_bundle_task(self.manifest, task)
-            cached = self._tasks[task] = self._load(loaded, where=f"task {task!r}")
+            loaded = contract.load_bundle_task(self.manifest, task)
+            cached = self._tasks[task] = self._load(loaded)
         return cached
 
-    def _load(self, task: Task, where: str) -> LoadedTask:
-        if task.basis_fingerprint != self.basis_fingerprint:
-            raise EdgeEigenLoraError(
-                f"{where} was trained for basis {task.basis_fingerprint[:12]} but this bundle carries basis "
-                f"{self.basis_fingerprint[:12]}. Coefficients only mean something on their own basis: re-train "
-                "the task on this bundle."
-            )
-        feeds = bundle_mod.task_feeds(task, self.manifest)
-        return LoadedTask(task.name, task, feeds["coefficients"], feeds["head_weight"], feeds["head_bias"],
-                          list(task.labels))  # fmt: skip
+    def _load(self, task: Task) -> LoadedTask:
+        feeds = contract.task_feeds(task, self.manifest)  # refuses another basis, layout or head size
+        return LoadedTask(
+            task.name,
+            task,
+            feeds[contract.COEFFICIENTS],
+            feeds[contract.HEAD_WEIGHT],
+            feeds[contract.HEAD_BIAS],
+            list(task.labels),
+        )
 
     def preload(self) -> list[str]:
         """Read every task of the bundle into the cache (then every switch is a lookup)."""
         return [self.task(name).name for name in sorted(self.manifest.tasks)]
 
-    def add_task(self, task: Task) -> str:
-        """Write a task into the bundle (atomically; manifest re-hashed) and cache it."""
-        name = bundle_mod.add_task_object(self.root, task)
-        self.manifest = bundle_mod.read_manifest(self.root)
+    def add_task(self, task: Task, *, overwrite: bool = False) -> str:
+        """Write a task into the bundle (atomically; only the new file is hashed) and cache it."""
+        name = contract.add_task_object(self.root, task, overwrite=overwrite)
+        self.manifest = contract.read_manifest(self.root)
         self._tasks.pop(name, None)
         self.task(name)
         return name
 
     # -- running ---------------------------------------------------------------------------------------
-    def encode(self, texts: Sequence[str] | None = None, input_ids: np.ndarray | None = None,
-               attention_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def encode(
+        self,
+        texts: Sequence[str] | None = None,
+        input_ids: np.ndarray | None = None,
+        attention_mask: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Texts (tokenized here) or token ids (validated, cut at max_length) -> (ids, mask)."""
         if (texts is None) == (input_ids is None):
             raise EdgeEigenLoraError("pass either texts or input_ids (not both).")
         if texts is not None:
             return self.tokenizer(texts)
-        vocab = (
-            self.vocab_size()
-            if any(f.endswith("tokenizer.json") for f in self._settings.get("files", []))
-            else None
-        )
+        has_vocab = any(f.endswith("tokenizer.json") for f in self.manifest.tokenizer.files)
+        vocab = self.vocab_size() if has_vocab else None
         return check_ids(
             input_ids, attention_mask, vocab_size=vocab, max_length=self.max_length, on_long=self.on_long
         )
 
-    def run(self, texts: Sequence[str] | None = None, *, task: str | Task | LoadedTask,
-            input_ids: np.ndarray | None = None, attention_mask: np.ndarray | None = None,
-            batch_size: int = 32) -> np.ndarray:  # fmt: skip
+    def run(
+        self,
+        texts: Sequence[str] | None = None,
+        *,
+        task: str | Task | LoadedTask,
+        input_ids: np.ndarray | None = None,
+        attention_mask: np.ndarray | None = None,
+        batch_size: int = 32,
+    ) -> np.ndarray:
         """Logits [N, labels] of one task for all rows (mini-batched; each batch padded to its longest row)."""
         loaded = self.task(task)
-        session = self.session("shared")
+        session = self.session(contract.SHARED)
         outs = []
         for ids, mask in self._batches(texts, input_ids, attention_mask, batch_size):
-            outs.append(
-                session.run(["logits"], {"input_ids": ids, "attention_mask": mask, **loaded.feeds()})[0]
-            )
+            feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask, **loaded.feeds()}
+            outs.append(session.run([contract.LOGITS], feeds)[0])
         return np.concatenate(outs)
 
-    def _batches(self, texts: Sequence[str] | None, input_ids: np.ndarray | None, attention_mask: np.ndarray | None,
-                 batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    def _batches(
+        self,
+        texts: Sequence[str] | None,
+        input_ids: np.ndarray | None,
+        attention_mask: np.ndarray | None,
+        batch_size: int,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         if batch_size < 1:
             raise EdgeEigenLoraError(f"batch_size must be >= 1, got {batch_size}.")
         if texts is not None:
@@ -281,11 +379,17 @@ class DeviceRuntime:
         index = self.run(texts, task=loaded, batch_size=batch_size).argmax(-1)
         return [loaded.labels[i] if i < len(loaded.labels) else str(i) for i in index]
 
-    def run_rows(self, texts: Sequence[str] | None = None, *, tasks: Sequence[str | Task | LoadedTask],
-                 input_ids: np.ndarray | None = None, attention_mask: np.ndarray | None = None) -> list[np.ndarray]:  # fmt: skip
+    def run_rows(
+        self,
+        texts: Sequence[str] | None = None,
+        *,
+        tasks: Sequence[str | Task | LoadedTask],
+        input_ids: np.ndarray | None = None,
+        attention_mask: np.ndarray | None = None,
+    ) -> list[np.ndarray]:
         """Row i runs tasks[i]: one per-row graph call when the bundle has it, else one call per distinct task.
 
-        Returns one logits vector per row (tasks may have different label counts).
+        Returns one logits vector per row, cut to that row's own label count (see `bundle.row_feeds`).
         """
         ids, mask = self.encode(texts, input_ids, attention_mask)
         if len(tasks) != ids.shape[0]:
@@ -293,16 +397,11 @@ class DeviceRuntime:
                 f"run_rows: {ids.shape[0]} rows but {len(tasks)} tasks; give one task per row."
             )
         loaded = [self.task(t) for t in tasks]
-        if "per_row" in self.variants():
-            width = max(t.num_labels for t in loaded)
-            hw = np.zeros((len(loaded), width, self.hidden_size), np.float32)
-            hb = np.full((len(loaded), width), -np.inf, np.float32)
-            for i, t in enumerate(loaded):
-                hw[i, : t.num_labels], hb[i, : t.num_labels] = t.head_weight, t.head_bias
-            feeds = {"input_ids": ids, "attention_mask": mask, "coefficients": np.stack([t.coefficients for t in loaded]),
-                     "head_weight": hw, "head_bias": hb}  # fmt: skip
-            logits = self.session("per_row").run(["logits"], feeds)[0]
-            return [logits[i, : t.num_labels] for i, t in enumerate(loaded)]
+        if self.manifest.has_graph(contract.PER_ROW):
+            feeds, counts = contract.row_feeds([t.feeds() for t in loaded])
+            feeds.update({contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask})
+            logits = self.session(contract.PER_ROW).run([contract.LOGITS], feeds)[0]
+            return [logits[i, :n] for i, n in enumerate(counts)]
         out: list[np.ndarray | None] = [None] * len(loaded)
         groups: dict[int, list[int]] = {}
         for i, t in enumerate(loaded):
@@ -317,35 +416,32 @@ class DeviceRuntime:
                 out[i] = logits[j]
         return out  # type: ignore[return-value]
 
-    def embed(self, texts: Sequence[str] | None = None, *, task: str | Task | LoadedTask,
-              input_ids: np.ndarray | None = None, attention_mask: np.ndarray | None = None,
-              batch_size: int = 32) -> np.ndarray:  # fmt: skip
-        """Pooled sentence embeddings [N, hidden] under a task's coefficients (identity head through the graph)."""
-        loaded = self.task(task)
-        eye = np.eye(self.hidden_size, dtype=np.float32)
-        feeds = {
-            "coefficients": loaded.coefficients,
-            "head_weight": eye,
-            "head_bias": np.zeros(self.hidden_size, np.float32),
-        }
-        session = self.session("shared")
-        outs = [session.run(["logits"], {"input_ids": i, "attention_mask": m, **feeds})[0]
-                for i, m in self._batches(texts, input_ids, attention_mask, batch_size)]  # fmt: skip
-        return np.concatenate(outs)
-
     # -- training graph --------------------------------------------------------------------------------
-    def train_step(self, input_ids: np.ndarray, attention_mask: np.ndarray, labels: np.ndarray,
-                   coefficients: np.ndarray, head_weight: np.ndarray, head_bias: np.ndarray) -> dict[str, Any]:  # fmt: skip
-        """Loss, logits and gradients of one batch (mean cross-entropy) from the train-step graph."""
+    def train_step(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        labels: np.ndarray,
+        coefficients: np.ndarray,
+        head_weight: np.ndarray,
+        head_bias: np.ndarray,
+    ) -> dict[str, Any]:
+        """Loss, logits and gradients (`grad_<input>`) of one batch (mean cross-entropy) from the train-step graph."""
         if not self.has_train_step:
             raise EdgeEigenLoraError(
                 f"{self.root}: this bundle has no train-step graph; add one on the workstation "
                 "(edge_eigenlora.train_graph.add_train_step) or train forward-only (trainer 'zo')."
             )
-        session = self.session(TRAIN_VARIANT)
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": np.asarray(labels, np.int64),
-                 "coefficients": coefficients, "head_weight": head_weight, "head_bias": head_bias}  # fmt: skip
-        names = [o.name for o in session.get_outputs()]
+        session = self.session(contract.TRAIN_STEP)
+        feeds = {
+            contract.INPUT_IDS: input_ids,
+            contract.ATTENTION_MASK: attention_mask,
+            contract.LABELS: np.asarray(labels, np.int64),
+            contract.COEFFICIENTS: coefficients,
+            contract.HEAD_WEIGHT: head_weight,
+            contract.HEAD_BIAS: head_bias,
+        }
+        names = list(contract.graph_output_names(self.manifest.kind, contract.TRAIN_STEP))
         return dict(zip(names, session.run(names, feeds), strict=True))
 
 

@@ -15,7 +15,10 @@ from typing import Literal
 
 import numpy as np
 
+from edge_eigenlora.bundle import MANIFEST, TokenizerSettings, inside_bundle
 from edge_eigenlora.errors import EdgeEigenLoraError
+
+__all__ = ["BundleTokenizer", "OnLong", "TruncationWarning", "check_ids", "pad_ids"]
 
 OnLong = Literal["warn", "error", "silent"]
 
@@ -27,25 +30,31 @@ class TruncationWarning(UserWarning):
 class BundleTokenizer:
     """Batch tokenization padded to the longest row (right padding), truncated at `max_length`."""
 
-    def __init__(self, root: str | Path, settings: dict, *, max_length: int | None = None,
-                 on_long: OnLong = "warn") -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | Path,
+        settings: TokenizerSettings,
+        *,
+        max_length: int | None = None,
+        on_long: OnLong = "warn",
+    ) -> None:
         from tokenizers import Tokenizer
 
         root = Path(root)
-        files = [f for f in settings.get("files", []) if f.endswith("tokenizer.json")]
+        files = [f for f in settings.files if f.endswith("tokenizer.json")]
         if not files:
             raise EdgeEigenLoraError(
-                f"{root / 'manifest.json'}: field 'tokenizer.files' lists no tokenizer.json, so texts cannot be "
+                f"{root / MANIFEST}: field 'tokenizer.files' lists no tokenizer.json, so texts cannot be "
                 "tokenized on the device; re-export the bundle with a fast tokenizer, or pass token ids."
             )
         if on_long not in ("warn", "error", "silent"):
             raise EdgeEigenLoraError(f"on_long must be 'warn', 'error' or 'silent', got {on_long!r}.")
-        self.max_length = int(max_length or settings.get("max_length") or 128)
+        self.max_length = int(max_length or settings.max_length)
         if self.max_length < 2:
             raise EdgeEigenLoraError(f"max_length must be >= 2, got {self.max_length}.")
-        self.pad_id = int(settings.get("pad_token_id") or 0)
+        self.pad_id = int(settings.pad_token_id or 0)
         self.on_long = on_long
-        self._tok = Tokenizer.from_file(str(root / files[0]))
+        self._tok = Tokenizer.from_file(str(inside_bundle(root, files[0], str(root / MANIFEST))))
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=self.max_length)
 

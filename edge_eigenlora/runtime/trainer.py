@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge_eigenlora import bundle as bundle_mod
+from edge_eigenlora import bundle as contract
 from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.fileio import read_safetensors, save_safetensors_atomic
 from edge_eigenlora.runtime.optim import AdamW
@@ -32,8 +32,28 @@ from edge_eigenlora.runtime.session import DeviceRuntime, LoadedTask
 from edge_eigenlora.runtime.tokenize import pad_ids
 from edge_eigenlora.task import Task, save_task
 
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DeviceTrainConfig",
+    "Examples",
+    "GradientTrainer",
+    "PARAMS",
+    "TrainOutcome",
+    "check_labels",
+    "cross_entropy",
+    "embed_examples",
+    "evaluate",
+    "init_params",
+    "make_task",
+    "probe_head",
+    "split_examples",
+    "stderr_log",
+    "tokenize_examples",
+    "write_task",
+]
+
 CHECKPOINT_FORMAT = "edge-eigenlora-device-checkpoint"
-PARAMS = ("coefficients", "head_weight", "head_bias")
+PARAMS = contract.TRAIN_PARAMS
 HeadInit = Literal["random", "probe"]
 Log = Callable[[str], None]
 
@@ -194,8 +214,8 @@ def init_params(
                 f"task {init_task.name!r} has {init_task.num_labels} labels but the data has {num_labels}; "
                 "start a new task instead of continuing this one."
             )
-        return {"coefficients": init_task.coefficients.copy(), "head_weight": init_task.head_weight.copy(),
-                "head_bias": init_task.head_bias.copy()}  # fmt: skip
+        return {contract.COEFFICIENTS: init_task.coefficients.copy(), contract.HEAD_WEIGHT: init_task.head_weight.copy(),
+                contract.HEAD_BIAS: init_task.head_bias.copy()}  # fmt: skip
     rng = np.random.default_rng(seed)
     layout = runtime.layout
     parts = []
@@ -206,16 +226,16 @@ def init_params(
         parts.append(np.zeros(width * layout.rank, np.float32))
     head = (rng.standard_normal((num_labels, runtime.hidden_size)) * 0.02).astype(np.float32)
     return {
-        "coefficients": np.concatenate(parts),
-        "head_weight": head,
-        "head_bias": np.zeros(num_labels, np.float32),
+        contract.COEFFICIENTS: np.concatenate(parts),
+        contract.HEAD_WEIGHT: head,
+        contract.HEAD_BIAS: np.zeros(num_labels, np.float32),
     }
 
 
 def probe_head(runtime: DeviceRuntime, params: dict[str, np.ndarray], data: Examples, num_labels: int,
                batch_size: int = 64, ridge: float = 1.0) -> None:  # fmt: skip
     """Set the head to a ridge-regression probe on the pooled embeddings (forward passes only)."""
-    feats = embed_examples(runtime, params["coefficients"], data, batch_size)
+    feats = embed_examples(runtime, params[contract.COEFFICIENTS], data, batch_size)
     mu, sd = feats.mean(0), feats.std(0) + 1e-6
     x = (feats - mu) / sd
     y = np.eye(num_labels, dtype=np.float32)[data.labels] - 1.0 / num_labels
@@ -224,8 +244,8 @@ def probe_head(runtime: DeviceRuntime, params: dict[str, np.ndarray], data: Exam
     base = x @ w.T
     scales = np.geomspace(0.1, 100.0, 61)
     scale = float(scales[int(np.argmin([cross_entropy(base * s, data.labels).mean() for s in scales]))])
-    params["head_weight"] = (w / sd * scale).astype(np.float32)
-    params["head_bias"] = (-(w / sd * scale) @ mu).astype(np.float32)
+    params[contract.HEAD_WEIGHT] = (w / sd * scale).astype(np.float32)
+    params[contract.HEAD_BIAS] = (-(w / sd * scale) @ mu).astype(np.float32)
 
 
 def embed_examples(
@@ -237,27 +257,32 @@ def embed_examples(
     out = []
     for i in range(0, len(data), batch_size):
         ids, mask, _ = data.batch(range(i, min(i + batch_size, len(data))), pad)
-        out.append(runtime.session("shared").run(["logits"], {"input_ids": ids, "attention_mask": mask,
-                   "coefficients": coefficients, "head_weight": eye, "head_bias": zero})[0])  # fmt: skip
+        out.append(runtime.session(contract.SHARED).run([contract.LOGITS], {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask,
+                   contract.COEFFICIENTS: coefficients, contract.HEAD_WEIGHT: eye, contract.HEAD_BIAS: zero})[0])  # fmt: skip
     return np.concatenate(out)
 
 
 def evaluate(runtime: DeviceRuntime, params: dict[str, np.ndarray], data: Examples, batch_size: int = 64,
-             graph: str = "shared") -> dict[str, float]:  # fmt: skip
-    """Accuracy and mean cross-entropy with the inference graph (or the train-step graph: graph="train_step")."""
+             graph: str = contract.SHARED) -> dict[str, float]:  # fmt: skip
+    """Accuracy and mean cross-entropy with the inference graph (or the train-step graph: graph=TRAIN_STEP)."""
     if not len(data):
         return {"accuracy": float("nan"), "loss": float("nan")}
     pad = runtime.tokenizer.pad_id
     correct, loss_sum = 0, 0.0
     for i in range(0, len(data), batch_size):
         ids, mask, y = data.batch(range(i, min(i + batch_size, len(data))), pad)
-        if graph == "train_step":
+        if graph == contract.TRAIN_STEP:
             logits = runtime.train_step(
-                ids, mask, y, params["coefficients"], params["head_weight"], params["head_bias"]
-            )["logits"]
+                ids,
+                mask,
+                y,
+                params[contract.COEFFICIENTS],
+                params[contract.HEAD_WEIGHT],
+                params[contract.HEAD_BIAS],
+            )[contract.LOGITS]
         else:
             logits = runtime.session(graph).run(
-                ["logits"], {"input_ids": ids, "attention_mask": mask, **params}
+                [contract.LOGITS], {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask, **params}
             )[0]
         loss_sum += float(cross_entropy(logits, y).sum())
         correct += int((logits.argmax(-1) == y).sum())
@@ -273,11 +298,11 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def make_task(runtime: DeviceRuntime, name: str, params: dict[str, np.ndarray], label_names: Sequence[str],
               info: dict[str, Any]) -> Task:  # fmt: skip
-    bundle_mod.check_task_name(name)
+    contract.check_task_name(name)
     return Task(
         name=name, basis_fingerprint=runtime.basis_fingerprint,
-        coefficients=bundle_mod.unpack(params["coefficients"], runtime.layout), kind="classification",
-        labels=list(label_names), head_weight=params["head_weight"].copy(), head_bias=params["head_bias"].copy(),
+        coefficients=contract.unpack(params[contract.COEFFICIENTS], runtime.layout), kind="classification",
+        labels=list(label_names), head_weight=params[contract.HEAD_WEIGHT].copy(), head_bias=params[contract.HEAD_BIAS].copy(),
         info=info,
     )  # fmt: skip
 
@@ -302,10 +327,10 @@ class GradientTrainer:
                  label_names: Sequence[str], *, validation: tuple[Sequence[str], Sequence[int]] | None = None,
                  config: DeviceTrainConfig | None = None, checkpoint: str | os.PathLike[str] | None = None,
                  resume: bool = True, init_task: str | Task | None = None, log: Log = stderr_log,
-                 eval_graph: str = "shared") -> None:  # fmt: skip
+                 eval_graph: str = contract.SHARED) -> None:  # fmt: skip
         self.runtime = runtime
         self.config = config or DeviceTrainConfig()
-        self.name = bundle_mod.check_task_name(name)
+        self.name = contract.check_task_name(name)
         self.label_names = list(label_names)
         self.log = log
         if not runtime.has_train_step:
@@ -325,7 +350,7 @@ class GradientTrainer:
         )
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.resume = resume
-        self.eval_graph = eval_graph if eval_graph in runtime.variants() else "train_step"
+        self.eval_graph = eval_graph if eval_graph in runtime.variants() else contract.TRAIN_STEP
         self.pad = runtime.tokenizer.pad_id
 
     # -- schedule ---------------------------------------------------------------------------------------
@@ -367,12 +392,17 @@ class GradientTrainer:
             idx = self._micro_indices(micro_start + j)
             ids, mask, y = self.train.batch(idx, self.pad)
             out = self.runtime.train_step(
-                ids, mask, y, params["coefficients"], params["head_weight"], params["head_bias"]
+                ids,
+                mask,
+                y,
+                params[contract.COEFFICIENTS],
+                params[contract.HEAD_WEIGHT],
+                params[contract.HEAD_BIAS],
             )
             n = len(idx)
             loss_sum += float(out["loss"]) * n
             for k in PARAMS:
-                grads[k] += out[f"grad_{k}"] * n
+                grads[k] += out[contract.GRAD_PREFIX + k] * n
             total += n
             used += 1
         for k in grads:
@@ -428,7 +458,8 @@ class GradientTrainer:
         c = self.config
         head_lr = c.head_lr or c.lr
         return AdamW(
-            {"coefficients": c.lr, "head_weight": head_lr, "head_bias": head_lr}, weight_decay=c.weight_decay
+            {contract.COEFFICIENTS: c.lr, contract.HEAD_WEIGHT: head_lr, contract.HEAD_BIAS: head_lr},
+            weight_decay=c.weight_decay,
         )
 
     # -- the loop ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge_eigenlora import bundle as bundle_mod
+from edge_eigenlora import bundle as contract
 from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.runtime.session import DeviceRuntime
 from edge_eigenlora.runtime.trainer import (
@@ -33,6 +33,8 @@ from edge_eigenlora.runtime.trainer import (
     stderr_log,
     tokenize_examples,
 )
+
+__all__ = ["ZOConfig", "ZerothOrderTrainer"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class ZOConfig:
 
 
 class ZerothOrderTrainer:
-    """MeZO-style training through the inference ("shared") graph only."""
+    """MeZO-style training through the shared inference graph only."""
 
     def __init__(self, runtime: DeviceRuntime, name: str, train: tuple[Sequence[str], Sequence[int]],
                  label_names: Sequence[str], *, validation: tuple[Sequence[str], Sequence[int]] | None = None,
@@ -78,7 +80,7 @@ class ZerothOrderTrainer:
                  callback: object = None) -> None:  # fmt: skip
         self.runtime = runtime
         self.config = config or ZOConfig()
-        self.name = bundle_mod.check_task_name(name)
+        self.name = contract.check_task_name(name)
         self.label_names = list(label_names)
         self.num_labels = len(self.label_names)
         self.log = log
@@ -93,8 +95,8 @@ class ZerothOrderTrainer:
         )
 
     def _loss(self, params: dict[str, np.ndarray], ids: np.ndarray, mask: np.ndarray, y: np.ndarray) -> float:
-        logits = self.runtime.session("shared").run(
-            ["logits"], {"input_ids": ids, "attention_mask": mask, **params}
+        logits = self.runtime.session(contract.SHARED).run(
+            [contract.LOGITS], {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask, **params}
         )[0]
         return float(cross_entropy(logits, y).mean())
 
@@ -108,9 +110,9 @@ class ZerothOrderTrainer:
         order_rng = np.random.default_rng(c.seed)
         order, pos = order_rng.permutation(len(self.train)), 0
         lrs = {
-            "coefficients": c.lr,
-            "head_weight": c.lr * c.head_lr_scale,
-            "head_bias": c.lr * c.head_lr_scale,
+            contract.COEFFICIENTS: c.lr,
+            contract.HEAD_WEIGHT: c.lr * c.head_lr_scale,
+            contract.HEAD_BIAS: c.lr * c.head_lr_scale,
         }
         pad = self.runtime.tokenizer.pad_id
         history: list[dict] = []

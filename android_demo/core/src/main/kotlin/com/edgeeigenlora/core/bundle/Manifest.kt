@@ -11,22 +11,35 @@ import java.io.File
 
 data class TensorSpec(val name: String, val dtype: String, val shape: List<Any?>)
 
+data class Quantization(val basis: String, val base: String, val precision: String, val blockSize: Int?)
+
+/** One graph of the bundle: the same schema for every variant, the train step included (bundle.py's GraphEntry). */
 data class GraphEntry(
     val variant: String,
     val file: String,
     val ortFile: String?,
     val inputs: List<TensorSpec>,
     val outputs: List<TensorSpec>,
+    val requiredOperators: String? = null,
+    val externalData: List<String> = emptyList(),
+    val quantization: Quantization? = null,
+    val loss: String? = null,
+    val maxSeq: Int? = null,
 ) {
     val inputNames: List<String> get() = inputs.map { it.name }
     val outputNames: List<String> get() = outputs.map { it.name }
+    /** Every bundle file this graph needs. */
+    val files: List<String> get() = listOf(file) + externalData + listOfNotNull(ortFile, requiredOperators)
 }
 
 data class TokenizerSettings(val files: List<String>, val maxLength: Int, val padTokenId: Int)
 
 data class TaskEntry(val file: String, val kind: String, val labels: List<String>, val numLabels: Int?)
 
-/** manifest.json of a bundle (format `edge-eigenlora-bundle`, version 1): typed views of what the device needs. */
+/**
+ * manifest.json of a bundle (format `edge-eigenlora-bundle`, versions 1 and 2): typed views of what the device
+ * needs. Version 2 stores every graph's weights once in a shared external-data file (`external_data`).
+ */
 class Manifest(val data: Map<String, Any?>) {
     val kind: String = data.string("kind")
     val hiddenSize: Int = data.child("base_model").long("hidden_size").toInt()
@@ -59,21 +72,14 @@ class Manifest(val data: Map<String, Any?>) {
 
     fun hasGraph(variant: String): Boolean = graphs.any { it.variant == variant }
 
-    /** Every file the manifest points at (graphs, ORT files, tokenizer files, tasks). */
-    fun referencedFiles(): List<String> {
-        val out = ArrayList<String>()
-        for (g in data.list("graphs")) {
-            val m = g.obj("graphs[]")
-            for (key in listOf("file", "ort_file", "required_operators")) (m[key] as? String)?.let(out::add)
-        }
-        out.addAll(tokenizer.files)
-        out.addAll(tasks.values.map { it.file })
-        return out
-    }
+    /** Every file the manifest points at (graphs, their weights, ORT files, tokenizer files, tasks), each once. */
+    fun referencedFiles(): List<String> =
+        (graphs.flatMap { it.files } + tokenizer.files + tasks.values.map { it.file }).distinct()
 
     companion object {
         const val FORMAT = "edge-eigenlora-bundle"
-        const val FORMAT_VERSION = 1L
+        const val FORMAT_VERSION = 2L
+        val READABLE_VERSIONS = setOf(1L, 2L)
         const val FILE = "manifest.json"
 
         fun read(root: File): Manifest {
@@ -90,9 +96,9 @@ class Manifest(val data: Map<String, Any?>) {
             }
             if (data["format"] != FORMAT) throw BundleException("$where: field 'format' is not '$FORMAT'; this is not an edge-eigenlora bundle.")
             val version = (data["format_version"] as? Number)?.toLong()
-            if (version != FORMAT_VERSION) {
+            if (version !in READABLE_VERSIONS) {
                 throw BundleException(
-                    "$where: format_version $version is not supported (this app reads version $FORMAT_VERSION); update the app or re-export the bundle."
+                    "$where: format_version $version is not supported (this app reads versions ${READABLE_VERSIONS.sorted()}); update the app or re-export the bundle."
                 )
             }
             for (key in listOf("kind", "base_model", "basis", "coefficients", "graphs", "files")) {
@@ -120,7 +126,24 @@ class Manifest(val data: Map<String, Any?>) {
                 val m = s.obj("$key[]")
                 TensorSpec(m.string("name"), m["dtype"] as? String ?: "?", m["shape"] as? List<Any?> ?: emptyList())
             }
-            return GraphEntry(g.string("variant"), g.string("file"), g["ort_file"] as? String, specs("inputs"), specs("outputs"))
+            val q = g["quantization"] as? Map<*, *>
+            return GraphEntry(
+                variant = g.string("variant"),
+                file = g.string("file"),
+                ortFile = g["ort_file"] as? String,
+                inputs = specs("inputs"),
+                outputs = specs("outputs"),
+                requiredOperators = g["required_operators"] as? String,
+                externalData = (g["external_data"] as? List<*>)?.map { it.toString() } ?: emptyList(),
+                quantization = q?.let {
+                    Quantization(
+                        it["basis"] as? String ?: "none", it["base"] as? String ?: "none",
+                        it["precision"] as? String ?: "fp32", (it["block_size"] as? Number)?.toInt(),
+                    )
+                },
+                loss = g["loss"] as? String,
+                maxSeq = (g["max_seq"] as? Number)?.toInt(),
+            )
         }
     }
 }
