@@ -931,7 +931,7 @@ def verify_bundle(root: str | os.PathLike[str], *, strict: bool = True) -> Manif
 def _check_external_data(manifest: Manifest, graph: GraphEntry) -> None:
     """The graph's external-data locations (read from the ONNX file itself) must be listed, inside files."""
     path = manifest.root / graph.file
-    for location in onnx_external_locations(path.read_bytes()):
+    for location in onnx_external_locations(path.read_bytes(), f"graph file {graph.file}"):
         if location not in graph.external_data or location not in manifest.files:
             raise EdgeEigenLoraError(
                 f"{manifest.path}: graph {graph.file} reads external data from {location!r}, which is not a listed "
@@ -939,12 +939,12 @@ def _check_external_data(manifest: Manifest, graph: GraphEntry) -> None:
             )
 
 
-def onnx_external_locations(model_bytes: bytes) -> set[str]:
+def onnx_external_locations(model_bytes: bytes, where: str = "an ONNX graph") -> set[str]:
     """The `location` of every external-data tensor in a serialized ONNX model."""
-    return {t["location"] for t in onnx_external_tensors(model_bytes)}
+    return {t["location"] for t in onnx_external_tensors(model_bytes, where)}
 
 
-def onnx_external_tensors(model_bytes: bytes) -> list[dict[str, Any]]:
+def onnx_external_tensors(model_bytes: bytes, where: str = "an ONNX graph") -> list[dict[str, Any]]:
     """name, data_type, dims, location, offset and length of every external-data initializer (no onnx import).
 
     A minimal protobuf walk: ModelProto.graph(7) -> GraphProto.initializer(5) -> TensorProto {dims(1),
@@ -952,9 +952,14 @@ def onnx_external_tensors(model_bytes: bytes) -> list[dict[str, Any]]:
     attributes' subgraphs (NodeProto(1).attribute(5).g(6) / graphs(11)).
     """
     tensors: list[dict[str, Any]] = []
-    for num, wire, value in _fields(model_bytes):
-        if num == 7 and wire == 2:
-            _walk_graph(value, tensors)
+    try:
+        for num, wire, value in _fields(model_bytes):
+            if num == 7 and wire == 2:
+                _walk_graph(value, tensors)
+    except (ValueError, IndexError) as exc:
+        raise EdgeEigenLoraError(
+            f"{where} is not a valid ONNX file ({exc}); re-copy or re-export the bundle."
+        ) from exc
     return tensors
 
 
@@ -1001,29 +1006,25 @@ def _walk_graph(graph: bytes, out: list[dict[str, Any]]) -> None:
 
 
 def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of one protobuf message; ValueError on malformed bytes."""
     pos, end = 0, len(buf)
-    try:
-        while pos < end:
-            key, pos = _varint(buf, pos)
-            num, wire = key >> 3, key & 7
-            if wire == 0:
-                value, pos = _varint(buf, pos)
-            elif wire == 1:
-                value, pos = buf[pos : pos + 8], pos + 8
-            elif wire == 2:
-                length, pos = _varint(buf, pos)
-                value, pos = buf[pos : pos + length], pos + length
-            elif wire == 5:
-                value, pos = buf[pos : pos + 4], pos + 4
-            else:
-                raise ValueError(f"wire type {wire}")
-            if pos > end:
-                raise ValueError("truncated")
-            yield num, wire, value
-    except (ValueError, IndexError) as exc:
-        raise EdgeEigenLoraError(
-            f"an ONNX graph file is not a valid protobuf ({exc}); re-copy or re-export."
-        ) from exc
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = buf[pos : pos + 8], pos + 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            value, pos = buf[pos : pos + length], pos + length
+        elif wire == 5:
+            value, pos = buf[pos : pos + 4], pos + 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated")
+        yield num, wire, value
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:

@@ -150,7 +150,7 @@ class SharedWeights:
         import onnxruntime as ort
 
         out = {}
-        for t in contract.onnx_external_tensors(graph_path.read_bytes()):
+        for t in contract.onnx_external_tensors(graph_path.read_bytes(), f"graph file {graph.file}"):
             if t["location"] not in graph.external_data:
                 raise EdgeEigenLoraError(
                     f"{manifest.path}: graph {graph.file} reads {t['location']!r}, which its entry does not list."
