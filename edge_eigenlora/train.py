@@ -45,8 +45,18 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "max_length", "patience"):
             if getattr(self, name) < 1:
                 raise EdgeEigenLoraError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.lr <= 0:
-            raise EdgeEigenLoraError(f"TrainConfig.lr must be > 0, got {self.lr}.")
+        if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0):
+            raise EdgeEigenLoraError(
+                f"TrainConfig: learning rates must be > 0, got lr={self.lr}, head_lr={self.head_lr} "
+                "(--lr, --head-lr)."
+            )
+        for name in ("max_steps", "eval_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EdgeEigenLoraError(
+                    f"TrainConfig.{name} must be >= 1 (or None for no limit), got {value} "
+                    f"(--{name.replace('_', '-')}): with 0 nothing would be trained."
+                )
 
 
 @dataclass
@@ -287,6 +297,13 @@ def train_task(
     from edge_eigenlora.pretrained import DEFAULT_ENCODER, hub_name, load_encoder
 
     config = config or TrainConfig()
+    width = min(m.width for m in basis.modules.values())
+    if not 1 <= rank <= width:
+        raise EdgeEigenLoraError(
+            f"rank {rank} (--rank) must be between 1 and the basis' number of directions K+P = {width}: "
+            "alpha_A and alpha_B are (K+P) x r, and a larger r adds parameters but no expressive power. "
+            f"Use --rank {min(8, width)} or fit a basis with more directions."
+        )
     model_name = model_name or basis.base_model or DEFAULT_ENCODER
     encoder, tokenizer = load_encoder(model_name)
     torch.manual_seed(config.seed)
