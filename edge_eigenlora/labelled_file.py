@@ -88,7 +88,7 @@ def _rows(path: Path, data: bytes) -> list[tuple[int, object, object]]:
             rows.append((reader.line_num, row["text"], row["label"]))
         return rows
     except csv.Error as exc:
-        line = reader.line_num
+        line = reader.line_num + 1  # the record that failed starts after the last complete line
         if "field larger than field limit" in str(exc):
             raise EdgeEigenLoraError(
                 f"{path}:{line}: a field is longer than {csv.field_size_limit():,} characters. Texts are cut to the "

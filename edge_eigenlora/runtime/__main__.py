@@ -77,7 +77,9 @@ def _read_texts(path: Path) -> list[str]:
     from edge_eigenlora.labelled_file import decode_text_file
 
     if not path.is_file():
-        raise EdgeEigenLoraError(f"text file {path} does not exist.")
+        raise EdgeEigenLoraError(
+            f"text file {path} does not exist or is not a file; give a .txt/.csv/.jsonl file."
+        )
     content = decode_text_file(path, path.read_bytes())
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
@@ -110,7 +112,7 @@ def _read_texts(path: Path) -> list[str]:
             return texts
         except csv.Error as exc:
             raise EdgeEigenLoraError(
-                f"{path}:{reader.line_num}: not valid CSV ({exc}); a field over {csv.field_size_limit():,} "
+                f"{path}:{reader.line_num + 1}: not valid CSV ({exc}); a field over {csv.field_size_limit():,} "
                 "characters, or an unclosed quote, causes this."
             ) from None
     return [line for line in content.splitlines() if line.strip()]
