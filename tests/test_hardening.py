@@ -623,3 +623,19 @@ def test_entry_points_print_one_error_line_and_exit_2(device_bundle, module, arg
     )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert message in done.stderr and done.stdout == ""
+
+
+def test_device_run_prints_control_characters_escaped(device_bundle, capsys):
+    from edge_eigenlora.runtime import DeviceRuntime
+    from edge_eigenlora.runtime.trainer import init_params, make_task
+
+    bundle, _ = device_bundle
+    rt = DeviceRuntime(bundle)
+    rt.add_task(make_task(rt, "esc", init_params(rt, 2, seed=0), ["\x1b[2Jwiped", "\rplain"], {}))
+    code, out, _ = run_cli(capsys, ["run", bundle, "--task", "esc", "--text", "red \x1b[31malert"], True)
+    assert code == 0 and "\x1b" not in out and "\r" not in out
+    assert out.split("\t")[0] in ("\\x1b[2Jwiped", "\\rplain") and out.rstrip("\n").endswith(
+        "red \\x1b[31malert"
+    )
+    code, out, _ = run_cli(capsys, ["tasks", bundle], True)
+    assert code == 0 and "\\x1b[2Jwiped, \\rplain" in out and "\x1b" not in out

@@ -127,7 +127,7 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     print(f"bundle {args.bundle}: graphs {', '.join(rt.variants())}; {len(rows)} task(s)")  # type: ignore[attr-defined]
     for row in rows:
         print(
-            f"  {row['name']:<24} {row.get('num_labels') or '?':>3} labels  {', '.join(map(str, row.get('labels', [])))[:70]}"
+            f"  {row['name']:<24} {row.get('num_labels') or '?':>3} labels  {_printable(', '.join(map(str, row.get('labels', [])))[:70])}"
         )
     return 0
 
@@ -155,7 +155,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(_json({"text": text, "label": names[i], "probability": round(float(p[i]), 6),
                          "scores": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}}))  # fmt: skip
         else:
-            print(f"{names[i]}\t{p[i]:.3f}\t{text[:100]}")
+            print(f"{_printable(names[i])}\t{p[i]:.3f}\t{_printable(text[:100])}")
     return 0
 
 
@@ -212,6 +212,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                "resumed_from": outcome.resumed_from, "rollbacks": outcome.rollbacks, "written": written}  # fmt: skip
     print(_json(summary))
     return 0
+
+
+def _printable(text: str) -> str:
+    """Text for a terminal: control characters (escape sequences, carriage returns...) shown escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def _json(obj: object, indent: int | None = None) -> str:
