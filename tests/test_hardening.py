@@ -593,6 +593,16 @@ def test_device_json_output_has_no_infinity(device_bundle, tmp_path, capsys):
     assert summary["val_accuracy"] is None and summary["steps"] == 2
 
 
+@pytest.mark.parametrize("method", ["grad", "zo"])
+def test_device_train_refuses_max_steps_0(device_bundle, capsys, method):
+    bundle, data = device_bundle
+    before = snapshot(bundle)
+    argv = ["train", bundle, "--name", "n", "--train-file", data, "--max-steps", "0", "--method", method]
+    code, _, err = run_cli(capsys, argv, True)
+    assert code == 2 and "--max-steps must be at least 1, got 0: with 0 nothing would be trained." in err
+    assert snapshot(bundle) == before
+
+
 def test_device_train_does_not_overwrite_a_task_or_a_file(device_bundle, tmp_path, capsys):
     bundle, data = device_bundle
     (tmp_path / "kept.safetensors").write_bytes(b"mine")

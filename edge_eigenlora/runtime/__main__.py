@@ -166,6 +166,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.no_add and not args.out:
         raise EdgeEigenLoraError("--no-add without --out would throw the trained task away; pass --out FILE.")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise EdgeEigenLoraError(
+            f"--max-steps must be at least 1, got {args.max_steps}: with 0 nothing would be trained. Leave it "
+            "out for the default."
+        )
     if args.out and Path(args.out).exists() and not args.overwrite:
         raise EdgeEigenLoraError(
             f"task file {args.out} already exists; choose another --out or pass --overwrite to replace it."
