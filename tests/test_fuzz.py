@@ -59,7 +59,7 @@ SCALARS = st.one_of(
 )
 JSON_VALUES = st.recursive(
     SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=6,
+    max_leaves=4,
 )  # fmt: skip
 PATTERN_KEYS = st.one_of(
     st.sampled_from(["value", "query", "self.value", ".*", "(", "a)|(b", "(?i)value", "[", "layer.0", "\\"]),
@@ -300,7 +300,7 @@ def labelled_files(draw) -> tuple[str, bytes]:
     kind = draw(st.sampled_from(["structured", "binary", "header_only"]))
     if kind == "binary":
         return suffix, draw(st.binary(max_size=200))
-    rows = draw(st.lists(st.tuples(CELLS, CELLS | JSON_VALUES), max_size=8))
+    rows = draw(st.lists(st.tuples(CELLS, CELLS | JSON_VALUES), max_size=6))
     if suffix == ".jsonl":
         lines = [json.dumps({"text": t, "label": label}, allow_nan=True) if draw(st.booleans())
                  else json.dumps(draw(JSON_VALUES), allow_nan=True) for t, label in rows]  # fmt: skip
