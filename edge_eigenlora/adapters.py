@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from edge_eigenlora.errors import EdgeEigenLoraError
-from edge_eigenlora.fileio import read_safetensors, save_safetensors_atomic
+from edge_eigenlora.fileio import (
+    FLOAT_DTYPES,
+    SafetensorsHeader,
+    read_float_tensor,
+    read_safetensors,
+    read_safetensors_header,
+    save_safetensors_atomic,
+)
 
 __all__ = [
     "AdapterBank",
@@ -109,7 +116,45 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return default
 
 
+MAX_FACTOR_VALUE = 1e6  # LoRA factors are O(1); anything this large is a broken or non-LoRA tensor
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_rank(value: Any, path: Path, field: str) -> int:
+    if not _is_number(value) or not math.isfinite(value) or value != int(value) or value < 1:
+        raise EdgeEigenLoraError(
+            f"{path}: field {field} must be a positive whole number (the LoRA rank), found {value!r}. "
+            "Set it to the rank the adapter was trained with (the first dimension of lora_A)."
+        )
+    return int(value)
+
+
+def _check_alpha(value: Any, path: Path, field: str) -> float:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0 or value > 1e12:
+        raise EdgeEigenLoraError(
+            f"{path}: field {field} must be a positive, finite number (LoRA's alpha), found {value!r}. "
+            "Set it to the lora_alpha the adapter was trained with."
+        )
+    return float(value)
+
+
+def _check_bool(config: dict[str, Any], key: str, path: Path) -> bool:
+    value = config.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise EdgeEigenLoraError(
+            f"{path}: field {key!r} must be true or false (a JSON boolean), found {value!r}. "
+            f"Write {key}: false or {key}: true without quotes."
+        )
+    return value
+
+
 def _read_config(folder: Path) -> dict[str, Any]:
+    """Read adapter_config.json and check every field this toolkit uses, so the scale is never wrong."""
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise EdgeEigenLoraError(
@@ -117,52 +162,66 @@ def _read_config(folder: Path) -> dict[str, Any]:
             "Point to the folder written by PEFT's save_pretrained()."
         )
     try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        config = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise EdgeEigenLoraError(
-            f"{path} is not valid JSON ({exc}). Re-download or re-save the adapter."
-        ) from exc
+            f"{path} is not valid JSON ({str(exc)[:200]}). Re-download or re-save the adapter."
+        ) from None
     if not isinstance(config, dict):
         raise EdgeEigenLoraError(f"{path} must hold a JSON object, found {type(config).__name__}.")
-    peft_type = str(config.get("peft_type", "LORA")).upper()
-    if peft_type != "LORA":
+    peft_type = config.get("peft_type", "LORA")
+    if not isinstance(peft_type, str) or peft_type.upper() != "LORA":
         raise EdgeEigenLoraError(
-            f"{path}: field 'peft_type' is {peft_type!r}; only LoRA adapters can be recycled."
+            f"{path}: field 'peft_type' is {str(peft_type)[:80]!r}; only LoRA adapters can be recycled."
         )
-    if config.get("use_dora"):
+    if _check_bool(config, "use_dora", path):
         raise EdgeEigenLoraError(
             f"{path}: field 'use_dora' is true. DoRA's magnitude vector has no place in a shared subspace; "
             "use plain LoRA adapters."
         )
-    for key in ("r", "lora_alpha"):
-        value = config.get(key)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise EdgeEigenLoraError(f"{path}: field {key!r} must be a positive number, found {value!r}.")
-    for key in ("rank_pattern", "alpha_pattern"):
-        if not isinstance(config.get(key) or {}, dict):
+    _check_bool(config, "use_rslora", path)
+    config["r"] = _check_rank(config.get("r"), path, "'r'")
+    config["lora_alpha"] = _check_alpha(config.get("lora_alpha"), path, "'lora_alpha'")
+    for key, check in (("rank_pattern", _check_rank), ("alpha_pattern", _check_alpha)):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict):
             raise EdgeEigenLoraError(
-                f"{path}: field {key!r} must be an object mapping module patterns to numbers."
+                f"{path}: field {key!r} must be an object mapping module patterns to numbers, found "
+                f"{type(patterns).__name__}."
             )
+        for pattern, value in patterns.items():
+            check(value, path, f"{key}[{pattern[:80]!r}]")
+            try:
+                re.compile(rf"(?:.*\.)?(?:{pattern})")  # the form _pattern_value matches with
+            except (re.error, RecursionError, OverflowError) as exc:
+                raise EdgeEigenLoraError(
+                    f"{path}: field {key} has the key {pattern[:80]!r}, which is not a valid module pattern "
+                    f"(a regular expression, as in PEFT: {exc}). Use the module's name, e.g. 'query'."
+                ) from None
+    base = config.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise EdgeEigenLoraError(
+            f"{path}: field 'base_model_name_or_path' must be a string (the base model's name), found "
+            f"{type(base).__name__}."
+        )
     return config
 
 
 class _TensorSource:
-    """Where an adapter's tensors come from: a safetensors file read lazily, or a trusted pickle in memory."""
+    """Where an adapter's tensors come from: a safetensors file read lazily, or a trusted pickle in memory.
+
+    Safetensors files are parsed by `fileio.read_safetensors_header` (every offset checked) and their
+    float32, float64, float16 and bfloat16 tensors are read as float32; integer (quantized) ones are refused.
+    """
 
     def __init__(self, folder: Path, trust_pickle: bool) -> None:
         self.path = folder / WEIGHTS_NAME
         self._tensors: dict[str, np.ndarray] | None = None
+        self._header: SafetensorsHeader | None = None
         if self.path.is_file():
-            from safetensors import SafetensorError, safe_open
-
-            try:
-                with safe_open(str(self.path), framework="numpy") as fh:
-                    self.shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
-            except (SafetensorError, OSError, ValueError) as exc:
-                raise EdgeEigenLoraError(
-                    f"{self.path} is not a readable safetensors file ({exc}). It may be truncated or corrupt: "
-                    "re-create or re-download it."
-                ) from exc
+            self._header = read_safetensors_header(self.path, "adapter weights")
+            self.shapes = {k: v.shape for k, v in self._header.tensors.items()}
+            self.dtypes = {k: v.dtype for k, v in self._header.tensors.items()}
             return
         pickled = [folder / n for n in PICKLE_NAMES if (folder / n).is_file()]
         if not pickled:
@@ -181,19 +240,28 @@ class _TensorSource:
             raise EdgeEigenLoraError(
                 f"{self.path} could not be loaded with weights_only=True ({exc})."
             ) from exc
-        self._tensors = {k: v.float().numpy() for k, v in state.items()}
+        if not isinstance(state, dict):
+            raise EdgeEigenLoraError(
+                f"{self.path} holds a {type(state).__name__}, not a state dict of tensors."
+            )
+        self._tensors, self.dtypes = {}, {}
+        for k, v in state.items():
+            if not isinstance(v, torch.Tensor):
+                raise EdgeEigenLoraError(f"{self.path}: entry {str(k)[:80]!r} is not a tensor.")
+            if "lora_" in str(k) and not v.is_floating_point():
+                raise EdgeEigenLoraError(
+                    f"{self.path}: tensor {k!r} is {v.dtype}, not floating point. Quantized LoRA factors "
+                    "carry no scale this reader can trust: de-quantize the adapter and save it again."
+                )
+            self._tensors[str(k)] = v.float().numpy() if v.is_floating_point() else v.numpy()
+            self.dtypes[str(k)] = str(v.dtype)
         self.shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
 
     def get(self, key: str) -> np.ndarray:
         if self._tensors is not None:
             return self._tensors[key]
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(self.path), framework="numpy") as fh:
-                return fh.get_tensor(key)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise EdgeEigenLoraError(f"{self.path}: tensor {key!r} could not be read ({exc}).") from exc
+        assert self._header is not None
+        return read_float_tensor(self._header, key, "adapter weights")
 
 
 class LazyModules(Mapping[str, LoraFactors]):
@@ -258,6 +326,14 @@ def read_adapter(
                 f"{source.path}: module {module!r} has lora_A {a_shape} and lora_B {b_shape}; "
                 "expected A (r x d_in) and B (d_out x r)."
             )
+        for side in "AB":
+            dtype = source.dtypes[pair[side]]
+            if source._header is not None and dtype not in FLOAT_DTYPES:
+                raise EdgeEigenLoraError(
+                    f"{source.path}: tensor {pair[side]!r} is {dtype}, not floating point "
+                    f"({', '.join(FLOAT_DTYPES)}). Quantized (e.g. int8) LoRA factors carry no scale this "
+                    "reader can trust: de-quantize the adapter to float16/bfloat16/float32 and save it again."
+                )
         r = int(_pattern_value(rank_pattern, module, config["r"]))
         if r != a_shape[0]:
             raise EdgeEigenLoraError(
@@ -265,7 +341,7 @@ def read_adapter(
                 f"says r={r} (field 'r' or 'rank_pattern'). Fix the config so the scale is right."
             )
         alpha = float(_pattern_value(alpha_pattern, module, config["lora_alpha"]))
-        scales[module] = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        scales[module] = alpha / math.sqrt(r) if config.get("use_rslora") is True else alpha / r
 
     def load(module: str) -> LoraFactors:
         A = source.get(sides[module]["A"]).astype(np.float32)
@@ -273,8 +349,17 @@ def read_adapter(
         for side, array in (("A", A), ("B", B)):
             if not np.all(np.isfinite(array)):
                 raise EdgeEigenLoraError(
-                    f"{source.path}: tensor for module {module!r} lora_{side} contains NaN or Inf. "
-                    "The adapter is broken; re-train it or leave it out of the bank."
+                    f"{source.path}: module {module!r} lora_{side} contains NaN or Inf (or values beyond "
+                    f"float32's range) in tensor {sides[module][side]!r}. The adapter is broken; re-train it "
+                    "or leave it out of the bank."
+                )
+            peak = float(np.abs(array).max()) if array.size else 0.0
+            if peak > MAX_FACTOR_VALUE:
+                raise EdgeEigenLoraError(
+                    f"{source.path}: tensor {sides[module][side]!r} (module {module!r} lora_{side}) holds "
+                    f"values as large as {peak:.3g}; LoRA factors are of order 1 and this reader refuses "
+                    f"anything above {MAX_FACTOR_VALUE:.0e}, where the subspace fit would lose all precision. "
+                    "The adapter is broken or not a LoRA adapter; re-train it or leave it out of the bank."
                 )
         return LoraFactors(A=A, B=(B * np.float32(scales[module])).astype(np.float32))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from edge_eigenlora.adapters import CONFIG_NAME, write_head
 from edge_eigenlora.errors import EdgeEigenLoraError
+from edge_eigenlora.fileio import make_temp_dir
 from edge_eigenlora.train import TrainConfig, TrainResult, evaluate_classifier, train_classifier
 
 __all__ = [
@@ -101,7 +101,7 @@ def build_adapter(
         classifier, tokenizer, task.test.texts, task.test.labels, max_length=config.max_length
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".{out.name}.")  # umask-respecting, unlike mkdtemp (0o700)
     try:
         peft_model = classifier.encoder
         peft_model.peft_config["default"].base_model_name_or_path = hub_name(

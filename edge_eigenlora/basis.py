@@ -284,10 +284,25 @@ def load_basis(path: str | Path) -> Basis:
             )
             for name, m in info.items()
         }
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise EdgeEigenLoraError(
-            f"{path}: basis metadata is incomplete or malformed ({exc!r}); re-fit it."
-        ) from exc
+            f"{path}: basis metadata is incomplete or malformed ({str(exc)[:100]!r}); re-fit it."
+        ) from None
+    for name, m in modules.items():  # the metadata's k and p against the tensors they describe
+        w = m.width
+        if not (
+            m.k >= 1
+            and m.p >= 0
+            and m.U_A.ndim == m.U_B.ndim == 2
+            and m.U_A.shape[1] == m.U_B.shape[1] == w
+            and m.singular_values_A.ndim == m.singular_values_B.ndim == 1
+            and min(m.singular_values_A.size, m.singular_values_B.size) >= m.k
+            and m.mean_core.shape == (w, w)
+        ):
+            raise EdgeEigenLoraError(
+                f"{path}: module {name!r} has k={m.k}, p={m.p} in the metadata but tensors U_A {m.U_A.shape}, "
+                f"U_B {m.U_B.shape}, mean_core {m.mean_core.shape}; the basis file is damaged: re-fit it."
+            )
     basis = Basis(modules=modules, config=config, base_model=meta.get("base_model") or None, bank=bank)
     if basis.fingerprint != meta.get("fingerprint"):
         raise EdgeEigenLoraError(

@@ -38,6 +38,17 @@ def _adapter_dirs(paths: Sequence[str]) -> list[Path]:
     return out
 
 
+def _refuse_existing_file(path: str | Path, what: str, overwrite: bool = False) -> None:
+    """Nothing existing is replaced without --overwrite (checked before any work is done)."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgeEigenLoraError(f"{path} is a folder; give a file name for the {what}.")
+    if path.exists() and not overwrite:
+        raise EdgeEigenLoraError(
+            f"{what} {path} already exists; choose another path or pass --overwrite to replace it."
+        )
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from edge_eigenlora.adapters import load_bank
     from edge_eigenlora.basis import (
@@ -48,13 +59,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         variance_report,
     )
 
+    if args.k is not None and args.variance_threshold is not None:
+        raise EdgeEigenLoraError(
+            "--k and --variance-threshold both choose the number of directions; give only one of them."
+        )
+    _refuse_existing_file(args.out, "basis file", args.overwrite)
     bank = load_bank(_adapter_dirs(args.adapters), trust_pickle=args.trust_pickle)
     missing = bank.missing()
     for module, names in missing.items():
         print(f"note: {module} is missing from {', '.join(names)}; its basis uses the other adapters")
     config = SubspaceConfig(
         method=args.method,
-        k=None if args.variance_threshold is not None else args.k,
+        k=None if args.variance_threshold is not None else (args.k if args.k is not None else 32),
         variance_threshold=args.variance_threshold,
         augment=args.augment,
         seed=args.seed,
@@ -79,16 +95,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     basis = load_basis(args.basis)
     rows = variance_report(basis)
     if args.json:
+        from edge_eigenlora.fileio import json_safe
+
         print(
             json.dumps(
-                {
-                    "fingerprint": basis.fingerprint,
-                    "config": basis.config.__dict__,
-                    "base_model": basis.base_model,
-                    "bank": list(basis.bank),
-                    "modules": rows,
-                },
+                json_safe(
+                    {
+                        "fingerprint": basis.fingerprint,
+                        "config": basis.config.__dict__,
+                        "base_model": basis.base_model,
+                        "bank": list(basis.bank),
+                        "modules": rows,
+                    }
+                ),
                 indent=2,
+                allow_nan=False,
             )
         )
     else:
@@ -133,6 +154,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tr, va = examples.split(args.validation_fraction, args.seed)
         train, val, labels = (tr.texts, tr.labels), (va.texts, va.labels), examples.label_names
         name = args.name or Path(args.train_file).stem
+    out_path = args.out or f"{args.name or name}.safetensors"
+    _refuse_existing_file(out_path, "task file", args.overwrite)
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -159,7 +182,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         task.info["test_accuracy"] = evaluate_classifier(
             classifier, tokenizer, *test, max_length=args.max_length
         )["accuracy"]
-    out = save_task(task, args.out or f"{task.name}.safetensors")
+    out = save_task(task, out_path)
     print(
         f"task {task.name}: {task.num_parameters(False):,} coefficients + {task.num_parameters() - task.num_parameters(False):,} "
         f"head parameters; best validation accuracy {result.best_metric:.3f} at step {result.best_step}"
@@ -179,6 +202,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     basis = load_basis(args.basis)
     bank = load_bank(_adapter_dirs(args.adapters), trust_pickle=args.trust_pickle)
     out = Path(args.out_dir)
+    names = [a.name for a in bank.adapters]
+    for target in [out / f"{n}.safetensors" for n in names] + [out / "compression.json"]:
+        _refuse_existing_file(target, "output file", args.overwrite)
     report = {}
     for result in compress_bank(bank, basis):
         path = save_task(result.task, out / f"{result.adapter}.safetensors")
@@ -203,7 +229,8 @@ def _cmd_to_peft(args: argparse.Namespace) -> int:
 
     basis = load_basis(args.basis)
     task = load_task(args.task, expected_basis=basis.fingerprint)
-    print(f"PEFT LoRA folder -> {task_to_peft(task, basis, args.out, base_model=args.base_model)}")
+    out = task_to_peft(task, basis, args.out, base_model=args.base_model, overwrite=args.overwrite)
+    print(f"PEFT LoRA folder -> {out}")
     return 0
 
 
@@ -297,13 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="gauge_free",
         help="gauge_free: SVD-balanced factors per adapter (default); factors: the paper's raw stacking",
     )
-    p.add_argument("--k", type=int, default=32, help="principal directions per module and side (default 32)")
+    p.add_argument(
+        "--k", type=int, default=None, help="principal directions per module and side (default 32)"
+    )
     p.add_argument(
         "--variance-threshold",
         type=float,
         default=None,
         help="instead of --k: smallest k per module reaching this explained variance (0-1]",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--augment", type=int, default=0, help="extra random directions orthogonal to the basis")
     p.add_argument("--seed", type=int, default=0, help="seed of the augmentation directions")
     p.add_argument(
@@ -344,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of data split, init and shuffling")
     p.add_argument("--out", default=None, help="task file to write (default: NAME.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing task file")
     _add_train_flags(p)
     p.set_defaults(func=_cmd_train)
 
@@ -354,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir", required=True, help="folder for <adapter>.safetensors task files and compression.json"
     )
     p.add_argument("--trust-pickle", action="store_true", help="allow adapter_model.bin files (weights_only)")
+    p.add_argument("--overwrite", action="store_true", help="replace task files already in --out-dir")
     p.set_defaults(func=_cmd_compress)
 
     p = sub.add_parser("to-peft", help="write a task (trained or projected) as a standard PEFT LoRA folder")
@@ -362,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument(
         "--base-model", default=None, help="base_model_name_or_path to record (default: the basis')"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing PEFT adapter folder (the new one is written aside, then swapped in)",
     )
     p.set_defaults(func=_cmd_to_peft)
 
@@ -395,11 +432,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; a user error (bad input, permission denied, disk full) is one line and exit code 2."""
+    from edge_eigenlora.errors import describe_os_error
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except EdgeEigenLoraError as exc:
         print(f"edge-eigenlora {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"edge-eigenlora {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
 
 

@@ -32,6 +32,7 @@ from edge_eigenlora.task import Task
 
 __all__ = [
     "AdapterGraph",
+    "ExportAdapter",
     "MergedGraph",
     "adapter_copy",
     "build_graph",

@@ -26,6 +26,8 @@ __all__ = [
     "matmul_nbits",
     "quantize_base",
     "quantize_basis",
+    "quantize_basis_int4",
+    "quantize_basis_int8",
     "relative_error",
     "sqnr_db",
     "to_fp16",

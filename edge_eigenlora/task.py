@@ -20,6 +20,7 @@ from edge_eigenlora.fileio import read_safetensors, save_safetensors_atomic
 TASK_FORMAT = "edge-eigenlora-task"
 TASK_FORMAT_VERSION = 1
 TaskKind = Literal["classification", "causal_lm", "feature_extraction"]
+TASK_KINDS = ("classification", "causal_lm", "feature_extraction")
 
 __all__ = ["TASK_FORMAT", "TASK_FORMAT_VERSION", "Task", "load_task", "require_basis", "save_task"]
 
@@ -109,22 +110,51 @@ def load_task(path: str | Path, *, expected_basis: str | None = None) -> Task:
             module = key[: -len(".alpha_A")]
             if f"{module}.alpha_B" not in tensors:
                 raise EdgeEigenLoraError(f"{path}: {module}.alpha_B is missing; the task file is incomplete.")
-            coefficients[module] = (tensors[key], tensors[f"{module}.alpha_B"])
+            alpha_a, alpha_b = tensors[key], tensors[f"{module}.alpha_B"]
+            if alpha_a.ndim != 2 or alpha_a.shape != alpha_b.shape:
+                raise EdgeEigenLoraError(
+                    f"{path}: module {module!r} has alpha_A {alpha_a.shape} and alpha_B {alpha_b.shape}; both "
+                    "must be (K+P) x r. The task file is damaged: re-create it."
+                )
+            coefficients[module] = (alpha_a, alpha_b)
     try:
         labels = json.loads(meta.get("labels", "[]"))
         info = json.loads(meta.get("info", "{}"))
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise EdgeEigenLoraError(
-            f"{path}: metadata field 'labels' or 'info' is not valid JSON ({exc})."
-        ) from exc
+            f"{path}: metadata field 'labels' or 'info' is not valid JSON ({str(exc)[:100]})."
+        ) from None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise EdgeEigenLoraError(f"{path}: metadata field 'labels' must be a JSON list of label names.")
+    if not isinstance(info, dict):
+        raise EdgeEigenLoraError(f"{path}: metadata field 'info' must be a JSON object.")
+    kind = meta.get("kind", "classification")
+    if kind not in TASK_KINDS:
+        raise EdgeEigenLoraError(
+            f"{path}: metadata field 'kind' is {kind[:40]!r}; expected one of {', '.join(TASK_KINDS)}."
+        )
+    head_w, head_b = tensors.get("head.weight"), tensors.get("head.bias")
+    if head_w is not None and head_w.ndim != 2:
+        raise EdgeEigenLoraError(f"{path}: head.weight is {head_w.shape}, not labels x hidden.")
+    if head_b is not None and (head_w is None or head_b.shape != (head_w.shape[0],)):
+        raise EdgeEigenLoraError(
+            f"{path}: head.bias is {head_b.shape} but head.weight is "
+            f"{None if head_w is None else head_w.shape}; the bias needs one value per label."
+        )
+    if head_w is not None and labels and len(labels) != head_w.shape[0]:
+        raise EdgeEigenLoraError(
+            f"{path}: metadata field 'labels' names {len(labels)} labels but head.weight has "
+            f"{head_w.shape[0]} rows; each label needs one row. The task file is damaged or was edited: "
+            "re-create it."
+        )
     task = Task(
         name=meta.get("name", Path(path).stem),
         basis_fingerprint=fingerprint,
         coefficients=coefficients,
-        kind=meta.get("kind", "classification"),  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]
         labels=labels,
-        head_weight=tensors.get("head.weight"),
-        head_bias=tensors.get("head.bias"),
+        head_weight=head_w,
+        head_bias=head_b,
         info=info,
     )
     task.check_finite(str(path))

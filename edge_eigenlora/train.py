@@ -271,6 +271,13 @@ def train_task(
     from edge_eigenlora.pretrained import DEFAULT_ENCODER, hub_name, load_encoder
 
     config = config or TrainConfig()
+    width = min(m.width for m in basis.modules.values())
+    if not 1 <= rank <= width:
+        raise EdgeEigenLoraError(
+            f"rank {rank} (--rank) must be between 1 and the basis' number of directions K+P = {width}: "
+            "alpha_A and alpha_B are (K+P) x r, and a larger r adds parameters but no expressive power. "
+            f"Use --rank {min(8, width)} or fit a basis with more directions."
+        )
     model_name = model_name or basis.base_model or DEFAULT_ENCODER
     encoder, tokenizer = load_encoder(model_name)
     torch.manual_seed(config.seed)

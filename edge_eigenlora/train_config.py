@@ -33,5 +33,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "max_length", "patience"):
             if getattr(self, name) < 1:
                 raise EdgeEigenLoraError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.lr <= 0:
-            raise EdgeEigenLoraError(f"TrainConfig.lr must be > 0, got {self.lr}.")
+        if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0):
+            raise EdgeEigenLoraError(
+                f"TrainConfig: learning rates must be > 0, got lr={self.lr}, head_lr={self.head_lr} "
+                "(--lr, --head-lr)."
+            )
+        for name in ("max_steps", "eval_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EdgeEigenLoraError(
+                    f"TrainConfig.{name} must be >= 1 (or None for no limit), got {value} "
+                    f"(--{name.replace('_', '-')}): with 0 nothing would be trained."
+                )

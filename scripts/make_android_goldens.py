@@ -177,9 +177,9 @@ def _write_f32(path: Path, array: np.ndarray) -> None:
 
 
 def _mini_bundle(real: Path, out: Path) -> None:
-    from edge_eigenlora import bundle
-
     from dataclasses import replace
+
+    from edge_eigenlora import bundle
 
     manifest = bundle.read_manifest(real)
     copied = list(MINI_TOKENIZER_FILES) + [t.file for t in manifest.tasks.values()]

@@ -75,7 +75,7 @@ def test_truncated_safetensors_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(
         EdgeEigenLoraError,
-        match=r"adapter_model.safetensors is not a readable safetensors file.*truncated or corrupt",
+        match=r"adapter_model.safetensors is not a valid safetensors file: it is truncated: its header describes \d+ bytes of tensor data but the file holds \d+",
     ):
         read_adapter(folder)
 
@@ -83,7 +83,9 @@ def test_truncated_safetensors_is_refused(tmp_path):
 def test_garbage_safetensors_is_refused(tmp_path):
     folder = write_peft_adapter(tmp_path / "a", _modules(np.random.default_rng(4)), r=4, alpha=4)
     (folder / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
-    with pytest.raises(EdgeEigenLoraError, match="not a readable safetensors file"):
+    with pytest.raises(
+        EdgeEigenLoraError, match="not a valid safetensors file: its header is not valid JSON"
+    ):
         read_adapter(folder)
 
 
@@ -102,7 +104,10 @@ def test_malformed_config_is_refused(tmp_path):
     with pytest.raises(EdgeEigenLoraError, match=r"adapter_config.json is not valid JSON"):
         read_adapter(folder)
     (folder / "adapter_config.json").write_text(json.dumps({"r": "eight", "lora_alpha": 16}))
-    with pytest.raises(EdgeEigenLoraError, match=r"field 'r' must be a positive number, found 'eight'"):
+    with pytest.raises(
+        EdgeEigenLoraError,
+        match=r"field 'r' must be a positive whole number \(the LoRA rank\), found 'eight'",
+    ):
         read_adapter(folder)
 
 

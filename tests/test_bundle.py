@@ -19,9 +19,9 @@ import torch
 from edge_eigenlora import bundle
 from edge_eigenlora.adapters import load_bank
 from edge_eigenlora.basis import SubspaceConfig, fit_basis, save_basis
+from edge_eigenlora.cli import main
 from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.export import ExportConfig, export_bundle
-from edge_eigenlora.cli import main
 from edge_eigenlora.export_cli import add_export_commands, load_recipe
 from edge_eigenlora.fileio import save_safetensors_atomic, sha256_file
 from edge_eigenlora.model import TextClassifier, apply_task, attach_basis, eigenlora_layers, task_from_model
@@ -137,7 +137,9 @@ def test_manifest_layout_and_files(setup):
     assert shared.inputs[2].shape == (256,) and shared.inputs[3].shape == ("labels", 32)
     assert shared.outputs == (bundle.TensorSpec("logits", "float32", ("batch", "labels")),)
     assert manifest.graph("per_row").inputs[2].shape == ("batch", 256)
-    assert shared.external_data == ("weights.data",) and manifest.graph("per_row").external_data == ("weights.data",)
+    assert shared.external_data == ("weights.data",) and manifest.graph("per_row").external_data == (
+        "weights.data",
+    )
     assert set(data["files"]) >= {
         "model_shared.onnx",
         "model_per_row.onnx",

@@ -23,7 +23,9 @@ from edge_eigenlora.errors import EdgeEigenLoraError
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "android_demo" / "core" / "src" / "test" / "resources" / "golden"
-FORMAT1_BUNDLE_MANIFEST = ROOT / "tests" / "fixtures" / "format1_bundle_manifest.json"  # as version 1 wrote it
+FORMAT1_BUNDLE_MANIFEST = (
+    ROOT / "tests" / "fixtures" / "format1_bundle_manifest.json"
+)  # as version 1 wrote it
 
 
 def _format1_bundle(tmp_path: Path) -> Path:
@@ -31,6 +33,8 @@ def _format1_bundle(tmp_path: Path) -> Path:
     root = shutil.copytree(GOLDEN / "bundle", tmp_path / "b")
     shutil.copyfile(FORMAT1_BUNDLE_MANIFEST, root / "manifest.json")
     return root
+
+
 PACKAGE = ROOT / "edge_eigenlora"
 
 

@@ -14,8 +14,8 @@ from edge_eigenlora import bundle, quantize
 from edge_eigenlora.adapters import load_bank
 from edge_eigenlora.basis import SubspaceConfig, fit_basis, save_basis
 from edge_eigenlora.export import ExportConfig, derive_bundle, export_bundle
-from edge_eigenlora.onnx_tools import op_counts, per_token_matmul_widths
 from edge_eigenlora.model import attach_basis, eigenlora_layers, task_from_model
+from edge_eigenlora.onnx_tools import op_counts, per_token_matmul_widths
 from edge_eigenlora.task import save_task
 from tests.helpers import tiny_llama_bank_dirs
 

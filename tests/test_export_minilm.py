@@ -16,8 +16,8 @@ from edge_eigenlora import bundle, quantize
 from edge_eigenlora.adapters import load_bank
 from edge_eigenlora.basis import SubspaceConfig, fit_basis, save_basis
 from edge_eigenlora.export import ExportConfig, export_bundle
-from edge_eigenlora.onnx_tools import basis_nodes, convert_to_ort, op_counts, per_token_matmul_widths
 from edge_eigenlora.model import TextClassifier, apply_task, attach_basis, eigenlora_layers, task_from_model
+from edge_eigenlora.onnx_tools import basis_nodes, convert_to_ort, op_counts, per_token_matmul_widths
 from edge_eigenlora.task import save_task
 
 pytestmark = pytest.mark.real_model

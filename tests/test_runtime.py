@@ -202,7 +202,14 @@ def test_train_graph_gradients_match_torch_tiny(tiny):
         < 1e-4
     )
     entry = rt.manifest.graph("train_step")
-    assert entry.input_names == ("input_ids", "attention_mask", "labels", "coefficients", "head_weight", "head_bias")
+    assert entry.input_names == (
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "coefficients",
+        "head_weight",
+        "head_bias",
+    )
     assert all(not k.startswith("com.") for k in entry.op_counts)  # standard ai.onnx ops only
     raw = (tiny["bundle"] / entry.file).read_bytes()
     assert b"/work/" not in raw and str(ROOT).encode() not in raw  # no source paths shipped

@@ -18,6 +18,9 @@ from pathlib import Path
 from edge_eigenlora.errors import EdgeEigenLoraError
 
 __all__ = ["build_parser", "main"]
+MIN_LENGTH = 2  # [CLS] and [SEP]
+# --max-length above this is refused without trying: a probe would cost O(L^2) memory
+MAX_PROBE_LENGTH = 8192
 
 
 def _runtime(args: argparse.Namespace) -> object:
@@ -25,6 +28,11 @@ def _runtime(args: argparse.Namespace) -> object:
 
     from edge_eigenlora.runtime.session import DeviceRuntime, RuntimeOptions
 
+    if args.max_length is not None and not MIN_LENGTH <= args.max_length <= MAX_PROBE_LENGTH:
+        raise EdgeEigenLoraError(
+            f"--max-length must be between {MIN_LENGTH} (the [CLS] and [SEP] tokens) and {MAX_PROBE_LENGTH}, "
+            f"got {args.max_length}; leave it out to use the bundle's own limit."
+        )
     # Training defaults to low memory (RuntimeOptions.low_memory: one copy of the weights for the inference and
     # train-step sessions; docs/runtime.md has its memory and step-time cost): on a phone memory is the
     # constraint. Inference keeps onnxruntime's defaults unless asked.
@@ -33,46 +41,98 @@ def _runtime(args: argparse.Namespace) -> object:
         options = replace(RuntimeOptions.low_memory(args.threads), prefer_ort=args.prefer_ort)
     else:
         options = RuntimeOptions(threads=args.threads, arena=not args.no_arena, prefer_ort=args.prefer_ort)
-    return DeviceRuntime(args.bundle, options=options, max_length=args.max_length, on_long=args.on_long)
+    rt = DeviceRuntime(args.bundle, options=options, max_length=args.max_length, on_long=args.on_long)
+    _check_max_length(rt, args.max_length)
+    return rt
+
+
+def _check_max_length(rt: object, max_length: int | None) -> None:
+    """A --max-length above the bundle's is tried once on the inference graph: refused if the model fails."""
+    import numpy as np
+
+    from edge_eigenlora import bundle as contract
+
+    manifest = rt.manifest  # type: ignore[attr-defined]
+    own = manifest.tokenizer.max_length
+    if max_length is None or max_length <= own or not manifest.has_graph(contract.SHARED):
+        return
+    feeds = {
+        contract.INPUT_IDS: np.full((1, max_length), rt.tokenizer.pad_id or 0, np.int64),  # type: ignore[attr-defined]
+        contract.ATTENTION_MASK: np.ones((1, max_length), np.int64),
+        contract.COEFFICIENTS: np.zeros(manifest.layout.size, np.float32),
+        contract.HEAD_WEIGHT: np.zeros((2, manifest.hidden_size), np.float32),
+        contract.HEAD_BIAS: np.zeros(2, np.float32),
+    }
+    try:
+        rt.session(contract.SHARED).run([contract.LOGITS], feeds)  # type: ignore[attr-defined]
+    except Exception as exc:  # onnxruntime's error types vary; any failure here means "too long"
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise EdgeEigenLoraError(
+            f"--max-length {max_length} is more than this bundle's model accepts: its graph fails on "
+            f"{max_length} positions ({reason}). The bundle was exported for {own} tokens; use at most the "
+            "model's position limit, or leave --max-length out."
+        ) from None
 
 
 def _read_texts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise EdgeEigenLoraError(f"text file {path} does not exist.")
-    if path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson"):
-        import csv
+    """Texts to run: .txt (one per non-blank line), .csv/.tsv with a 'text' column, or .jsonl with "text"."""
+    import csv
+    import io
 
-        if path.suffix.lower() in (".jsonl", ".ndjson"):
-            texts = []
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                if line.strip():
-                    try:
-                        texts.append(str(json.loads(line)["text"]))
-                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                        raise EdgeEigenLoraError(
-                            f'{path}:{number}: expected an object with "text" ({exc}).'
-                        ) from exc
-            return texts
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    from edge_eigenlora.labelled_file import decode_text_file
+
+    if not path.is_file():
+        raise EdgeEigenLoraError(
+            f"text file {path} does not exist or is not a file; give a .txt/.csv/.jsonl file."
+        )
+    content = decode_text_file(path, path.read_bytes())
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        texts = []
+        for number, line in enumerate(content.splitlines(), start=1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                    text = record["text"]
+                except (ValueError, KeyError, TypeError, RecursionError) as exc:
+                    raise EdgeEigenLoraError(
+                        f'{path}:{number}: expected an object with "text" ({str(exc)[:100]}).'
+                    ) from None
+                if not isinstance(text, str) or not text.strip():
+                    raise EdgeEigenLoraError(f'{path}:{number}: field "text" is empty or not a string.')
+                texts.append(text)
+        return texts
+    if suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        try:
             if "text" not in (reader.fieldnames or []):
                 raise EdgeEigenLoraError(
-                    f"{path}: the header must name a 'text' column (found {reader.fieldnames})."
+                    f"{path}: the header must name a 'text' column (found {(reader.fieldnames or [])[:10]})."
                 )
-            return [row["text"] for row in reader]
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            texts = []
+            for row in reader:
+                if not (row["text"] or "").strip():
+                    raise EdgeEigenLoraError(f"{path}:{reader.line_num}: field 'text' is empty.")
+                texts.append(row["text"])
+            return texts
+        except csv.Error as exc:
+            raise EdgeEigenLoraError(
+                f"{path}:{reader.line_num + 1}: not valid CSV ({exc}); a field over {csv.field_size_limit():,} "
+                "characters, or an unclosed quote, causes this."
+            ) from None
+    return [line for line in content.splitlines() if line.strip()]
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
     rt = _runtime(args)
     rows = rt.list_tasks()  # type: ignore[attr-defined]
     if args.json:
-        print(json.dumps({"bundle": str(args.bundle), "graphs": rt.variants(), "tasks": rows}, indent=2))  # type: ignore[attr-defined]
+        print(_json({"bundle": str(args.bundle), "graphs": rt.variants(), "tasks": rows}, indent=2))  # type: ignore[attr-defined]
         return 0
     print(f"bundle {args.bundle}: graphs {', '.join(rt.variants())}; {len(rows)} task(s)")  # type: ignore[attr-defined]
     for row in rows:
         print(
-            f"  {row['name']:<24} {row.get('num_labels') or '?':>3} labels  {', '.join(map(str, row.get('labels', [])))[:70]}"
+            f"  {row['name']:<24} {row.get('num_labels') or '?':>3} labels  {_printable(', '.join(map(str, row.get('labels', [])))[:70])}"
         )
     return 0
 
@@ -80,12 +140,15 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    rt = _runtime(args)
     texts = list(args.text or [])
+    for i, text in enumerate(texts, start=1):
+        if not text.strip():
+            raise EdgeEigenLoraError(f"--text number {i} is empty; give the text to classify.")
     if args.file:
         texts += _read_texts(Path(args.file))
     if not texts:
         raise EdgeEigenLoraError("nothing to run: give --text TEXT (repeatable) or --file FILE.")
+    rt = _runtime(args)
     loaded = rt.task(args.task)  # type: ignore[attr-defined]
     logits = rt.run(texts, task=loaded, batch_size=args.batch_size)  # type: ignore[attr-defined]
     z = logits - logits.max(-1, keepdims=True)
@@ -94,10 +157,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for text, p in zip(texts, probs, strict=True):
         i = int(p.argmax())
         if args.json:
-            print(json.dumps({"text": text, "label": names[i], "probability": round(float(p[i]), 6),
-                              "scores": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}}))  # fmt: skip
+            print(_json({"text": text, "label": names[i], "probability": round(float(p[i]), 6),
+                         "scores": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}}))  # fmt: skip
         else:
-            print(f"{names[i]}\t{p[i]:.3f}\t{text[:100]}")
+            print(f"{_printable(names[i])}\t{p[i]:.3f}\t{_printable(text[:100])}")
     return 0
 
 
@@ -108,6 +171,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.no_add and not args.out:
         raise EdgeEigenLoraError("--no-add without --out would throw the trained task away; pass --out FILE.")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise EdgeEigenLoraError(
+            f"--max-steps must be at least 1, got {args.max_steps}: with 0 nothing would be trained. Leave it "
+            "out for the default."
+        )
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise EdgeEigenLoraError(
+            f"task file {args.out} already exists; choose another --out or pass --overwrite to replace it."
+        )
+    checkpoint = (
+        _checkpoint_path(Path(args.bundle), Path(args.checkpoint))
+        if args.checkpoint
+        else Path(args.bundle) / ".checkpoints" / f"{args.name}.safetensors"
+    )
     rt = _runtime(args)
     data = read_labelled_file(args.train_file)
     validation = None
@@ -131,11 +208,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every, validation_fraction=args.validation_fraction, seed=args.seed,
             head_init=args.head_init,
         )  # fmt: skip
-        checkpoint = (
-            Path(args.checkpoint)
-            if args.checkpoint
-            else Path(args.bundle) / ".checkpoints" / f"{args.name}.safetensors"
-        )
         trainer = GradientTrainer(rt, args.name, (data.texts, data.labels), data.label_names,  # type: ignore[arg-type]
                                   validation=validation, config=config, checkpoint=checkpoint,
                                   resume=not args.no_resume)  # fmt: skip
@@ -148,8 +220,50 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = {"task": args.name, "steps": outcome.steps, "best_step": outcome.best_step,
                "val_accuracy": outcome.best_metric, "seconds": round(outcome.seconds, 2),
                "resumed_from": outcome.resumed_from, "rollbacks": outcome.rollbacks, "written": written}  # fmt: skip
-    print(json.dumps(summary))
+    print(_json(summary))
     return 0
+
+
+def _printable(text: str) -> str:
+    """Text for a terminal: control characters (escape sequences, carriage returns...) shown escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+def _json(obj: object, indent: int | None = None) -> str:
+    """Strict JSON: NaN and +-Infinity (e.g. no validation accuracy) are written as null."""
+    from edge_eigenlora.fileio import json_safe
+
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
+def _checkpoint_path(bundle: Path, checkpoint: Path) -> Path:
+    """A checkpoint lives outside the bundle or in its .checkpoints/ folder, never over the bundle's files;
+    an existing file that is not a checkpoint is never overwritten (even with --no-resume)."""
+    from edge_eigenlora.fileio import read_safetensors_header
+    from edge_eigenlora.runtime.trainer import CHECKPOINT_FORMAT
+
+    root, target = bundle.resolve(), checkpoint.resolve()  # resolve: a symlink cannot smuggle a path in
+    own = root / ".checkpoints"
+    if target.is_relative_to(root) and not (target.is_relative_to(own) and target != own):
+        raise EdgeEigenLoraError(
+            f"--checkpoint {checkpoint} is inside the bundle {bundle} but not in its .checkpoints/ folder: "
+            "training would overwrite (and finally delete) a bundle file. Leave --checkpoint out (default "
+            f"{bundle / '.checkpoints'}/NAME.safetensors) or choose a path outside the bundle."
+        )
+    if target.is_dir():
+        raise EdgeEigenLoraError(f"--checkpoint {checkpoint} is a folder; give a file path.")
+    if target.exists() and not target.is_relative_to(own):
+        fix = (
+            "If it is a checkpoint of yours that was cut short, delete it to start over; otherwise choose "
+            "another --checkpoint path (training overwrites it and deletes it at the end)."
+        )
+        header = read_safetensors_header(target, "--checkpoint file", fix=fix)
+        if header.metadata.get("format") != CHECKPOINT_FORMAT:
+            raise EdgeEigenLoraError(
+                f"--checkpoint {checkpoint} exists and is not a device training checkpoint "
+                f"(format {header.metadata.get('format')!r}). {fix}"
+            )
+    return checkpoint
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -243,12 +357,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of init, split and shuffling")
     p.add_argument("--out", help="also write the task file here")
     p.add_argument("--no-add", action="store_true", help="do not add the task to the bundle (use with --out)")
-    p.add_argument("--overwrite", action="store_true", help="replace a task of the same name in the bundle")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a task of the same name in the bundle (and the --out file)",
+    )
     p.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user error (bad input, permission denied, disk full) is one line and exit code 2."""
+    from edge_eigenlora.errors import describe_os_error
+
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"  # type: ignore[assignment]
@@ -256,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except EdgeEigenLoraError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
 
 

@@ -22,7 +22,7 @@ from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.runtime.tokenize import BundleTokenizer, OnLong, check_ids
 from edge_eigenlora.task import Task
 
-__all__ = ["DeviceRuntime", "LoadedTask", "RuntimeOptions", "make_session", "switch_cost_us"]
+__all__ = ["DeviceRuntime", "LoadedTask", "RuntimeOptions", "SharedWeights", "make_session", "switch_cost_us"]
 
 Optimization = Literal["disable", "basic", "extended", "all"]
 

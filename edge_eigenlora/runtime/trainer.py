@@ -434,24 +434,48 @@ class GradientTrainer:
     def _load_checkpoint(self) -> dict[str, Any] | None:
         if self.checkpoint is None or not self.checkpoint.exists() or not self.resume:
             return None
-        tensors, meta = read_safetensors(self.checkpoint, "checkpoint")
+        fix = "Delete it, or pass --no-resume to start over."
+        tensors, meta = read_safetensors(self.checkpoint, "checkpoint", fix=fix)
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise EdgeEigenLoraError(
                 f"{self.checkpoint}: not a device training checkpoint; delete it or choose another path."
             )
-        state = json.loads(meta["state"])
+        try:
+            state = json.loads(meta["state"])
+            saved_fingerprint = dict(state["fingerprint"])
+            saved_config = dict(state.get("config") or {})
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            raise EdgeEigenLoraError(
+                f"{self.checkpoint}: the checkpoint's metadata field 'state' is damaged ({str(exc)[:100]}). {fix}"
+            ) from None
         mine = self._fingerprint()
-        diff = [k for k in mine if state["fingerprint"].get(k) != mine[k]]
+        diff = [k for k in mine if saved_fingerprint.get(k) != mine[k]]
         if diff:
             raise EdgeEigenLoraError(
                 f"{self.checkpoint}: checkpoint was written for other training settings or data (differs in "
                 f"{', '.join(diff)}); delete it, pass --no-resume, or resume with the same data and settings."
             )
-        opt = self._optimizer()
-        opt.load_state_arrays(tensors, state["adam_steps"], state["lr_scale"])
-        state["opt"] = opt
-        state["params"] = {k: tensors[f"params.{k}"].copy() for k in PARAMS}
-        state["best"] = {k: tensors[f"best.{k}"].copy() for k in PARAMS if f"best.{k}" in tensors}
+        changed = [k for k in ("lr", "head_lr", "weight_decay") if k in saved_config and saved_config[k] != getattr(self.config, k)]  # fmt: skip
+        if changed:
+            was = ", ".join(f"{k}={saved_config[k]}" for k in changed)
+            now = ", ".join(f"{k}={getattr(self.config, k)}" for k in changed)
+            raise EdgeEigenLoraError(
+                f"{self.checkpoint}: the checkpoint was trained with {was}; this run asks for {now}. Resuming "
+                "would silently mix two learning-rate schedules (AdamW's moments were built with the old one): "
+                "resume with the old value (--lr / --head-lr), or pass --no-resume to start over with the new one."
+            )
+        try:
+            opt = self._optimizer()
+            opt.load_state_arrays(tensors, state["adam_steps"], state["lr_scale"])
+            state["opt"] = opt
+            state["params"] = {k: tensors[f"params.{k}"].copy() for k in PARAMS}
+            state["best"] = {k: tensors[f"best.{k}"].copy() for k in PARAMS if f"best.{k}" in tensors}
+            for k in ("step", "micro", "best_metric", "best_step", "bad", "rollbacks", "history"):
+                state[k]  # noqa: B018  (present, or the checkpoint is incomplete)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgeEigenLoraError(
+                f"{self.checkpoint}: the checkpoint is incomplete (missing or wrong {str(exc)[:100]}). {fix}"
+            ) from None
         return state
 
     def _optimizer(self) -> AdamW:
