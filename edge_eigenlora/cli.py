@@ -70,7 +70,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         print(f"note: {module} is missing from {', '.join(names)}; its basis uses the other adapters")
     config = SubspaceConfig(
         method=args.method,
-        k=None if args.variance_threshold is not None else (args.k if args.k is not None else 32),
+        k=None
+        if args.variance_threshold is not None
+        else (args.k if args.k is not None else SubspaceConfig.k),
         variance_threshold=args.variance_threshold,
         augment=args.augment,
         seed=args.seed,
@@ -306,7 +308,7 @@ def _add_train_flags(p: argparse.ArgumentParser, *, lr: float | None = None) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edge_eigenlora.basis import METHODS
+    from edge_eigenlora.basis import METHODS, SubspaceConfig
 
     parser = argparse.ArgumentParser(
         prog="edge-eigenlora",
@@ -325,7 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="gauge_free: SVD-balanced factors per adapter (default); factors: the paper's raw stacking",
     )
     p.add_argument(
-        "--k", type=int, default=None, help="principal directions per module and side (default 32)"
+        "--k",
+        type=int,
+        default=None,
+        help=f"principal directions per module and side (default {SubspaceConfig.k})",
     )
     p.add_argument(
         "--variance-threshold",

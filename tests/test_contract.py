@@ -386,8 +386,13 @@ def test_cli_defaults_equal_library_defaults():
     assert train["head_lr"] is None and train["lr"] == TrainConfig.lr  # same as lr, like the API
     fit = defaults(build_parser(), "fit", ["a", "--out", "b"])
     for f in fields(SubspaceConfig):
-        if f.name in fit:
+        if f.name in fit and f.name != "k":  # --k is None so that --variance-threshold can replace it
             assert fit[f.name] == f.default, f.name
+    assert (
+        fit["k"] is None
+        and f"default {SubspaceConfig.k}"
+        in build_parser()._subparsers._group_actions[0].choices["fit"].format_help()
+    )
     device = defaults(device_parser(), "train", ["B", "--name", "n", "--train-file", "f.csv"])
     for f in fields(DeviceTrainConfig):
         if f.name in device and f.name not in ("lr", "max_steps", "eval_every", "head_lr"):
