@@ -202,7 +202,8 @@ def memory(folder: Path, rounds: int = 3) -> dict:
 
 
 def report(folder: Path) -> None:
-    rows = {p.stem.split("_", 1)[1]: json.loads(p.read_text()) for p in sorted(folder.glob("measure_*.json"))}
+    found = {p.stem.split("_", 1)[1]: json.loads(p.read_text()) for p in folder.glob("measure_*.json")}
+    rows = {label: found[label] for label in sorted(found, key=lambda label: (label != "before", label))}
     mem = json.loads((folder / "memory.json").read_text()) if (folder / "memory.json").exists() else None
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bundle_io.json").write_text(json.dumps({"measure": rows, "memory": mem}, indent=2) + "\n")
@@ -213,7 +214,8 @@ def report(folder: Path) -> None:
         "Made by `python -m benchmarks.bundle_io` (prepare, measure --label before/after, memory, report); `before`",
         "is the same `measure` run against the previous version of the toolkit (commit 9f911f9). One graph: a bundle",
         "with the shared variant only. Four graphs: shared, per-row, merged and the train step. Timings on a shared",
-        "2-core machine (other jobs running): compare the rows, not the absolute seconds.",
+        "2-core machine with other jobs running, and the two rows ran one after the other, not interleaved: the",
+        "export seconds are not a clean comparison (load differed); sizes and bytes read are exact.",
         "",
         "| version | export 1 graph (s) | export 4 graphs (s) | 1 graph (MiB) | 4 graphs (MiB) | 4 / 1 |"
         " add a task (s) | read by add-task (MiB) | verify (s) |",
