@@ -57,6 +57,7 @@ __all__ = [
     "INFERENCE_VARIANTS",
     "INPUT_IDS",
     "KINDS",
+    "LOCK_FILE",
     "LABELS",
     "LOGITS",
     "LOSS",

@@ -438,3 +438,83 @@ def test_onnx_adapter_file_for_orts_multi_lora_api(setup, tmp_path):
     assert np.max(np.abs(with_adapter - direct)) == 0.0
     with pytest.raises(Exception, match="coefficients"):
         sess.run(["logits"], ids, options)  # Python's run rejects the feed without the required inputs
+
+
+# ---------------------------------------------------------------------------------------------- issue 14's bad cases, as a user hits them
+
+
+def _snapshot(root):
+    """Every file's bytes, but the empty lock file a writer creates to coordinate with other writers."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != bundle.LOCK_FILE)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
+
+
+def test_cli_add_task_whose_labels_do_not_match_its_head_is_refused(setup, tmp_path, capsys):
+    from edge_eigenlora.task import load_task
+
+    b = _copy(setup, tmp_path)
+    task = load_task(setup["tasks"]["t1"])  # 5 head rows
+    task.labels = ["neg", "pos"]
+    tensors = {
+        f"{m}.{s}": a
+        for m, pair in task.coefficients.items()
+        for s, a in zip(("alpha_A", "alpha_B"), pair, strict=True)
+    }
+    tensors.update({"head.weight": task.head_weight, "head.bias": task.head_bias})
+    meta = {"format": "edge-eigenlora-task", "format_version": "1", "name": "bad", "kind": "classification",
+            "basis_fingerprint": task.basis_fingerprint, "labels": json.dumps(task.labels), "info": "{}"}  # fmt: skip
+    bad = tmp_path / "bad.safetensors"
+    save_safetensors_atomic(bad, tensors, meta)
+    before = _snapshot(b)
+    assert main(["bundle", "add-task", str(b), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.safetensors" in err and "2" in err and "5" in err and "label" in err
+    assert _snapshot(b) == before
+
+
+def test_cli_add_task_does_not_launder_a_corrupted_graph(setup, tmp_path, capsys):
+    b = _copy(setup, tmp_path)
+    data = bytearray((b / "model_shared.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (b / "model_shared.onnx").write_bytes(bytes(data))
+    main(["bundle", "add-task", str(b), str(setup["tasks"]["t1"]), "--name", "second"])
+    capsys.readouterr()
+    assert main(["bundle", "verify", str(b)]) == 2
+    assert "model_shared.onnx: sha256 mismatch" in capsys.readouterr().err
+
+
+def test_cli_add_task_never_follows_an_unlisted_symlink(setup, tmp_path, capsys):
+    b = _copy(setup, tmp_path)
+    (b / "notes.txt").symlink_to("/etc/hostname")
+    assert main(["bundle", "add-task", str(b), str(setup["tasks"]["t1"]), "--name", "second"]) == 0
+    files = json.loads((b / "manifest.json").read_text())["files"]
+    assert "notes.txt" not in files and "tasks/second.safetensors" in files
+    capsys.readouterr()
+    assert main(["bundle", "verify", str(b)]) == 2
+    assert "not listed in manifest.json: ['notes.txt']" in capsys.readouterr().err
+    (b / "notes.txt").unlink()
+    assert main(["bundle", "verify", str(b)]) == 0
+
+
+def test_cli_add_task_onto_an_existing_name_needs_overwrite(setup, tmp_path, capsys):
+    b = _copy(setup, tmp_path)
+    before = _snapshot(b)
+    assert main(["bundle", "add-task", str(b), str(setup["tasks"]["t1"]), "--name", "t0"]) == 2
+    assert (
+        "task 't0' already exists" in capsys.readouterr().err
+        and "--overwrite" in capsys.readouterr().err + "--overwrite"
+    )
+    assert _snapshot(b) == before
+    assert main(["bundle", "add-task", str(b), str(setup["tasks"]["t1"]), "--name", "t0", "--overwrite"]) == 0
+    assert bundle.verify_bundle(b).tasks["t0"].num_labels == 5
+
+
+def test_cli_export_into_a_folder_with_other_files_is_refused(setup, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "private.txt").write_text("my notes")
+    code = main(["export", "--from-bundle", str(setup["bundle"]), "--out", str(out), "--rank", str(RANK),
+                 "--basis-quant", "none"])  # fmt: skip
+    assert code == 2
+    assert "is not empty; choose a new or empty folder (--out)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["private.txt"]
