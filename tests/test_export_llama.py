@@ -123,12 +123,12 @@ def test_mobile_4bit_bundle_onnx_and_ort(llama):
     manifest = bundle.verify_bundle(llama["mobile"])
     graph = manifest.graph("shared")
     assert graph.quantization.basis == "int4" and graph.quantization.base == "int4"
-    assert "MatMulNBits" in (llama["mobile"] / graph["required_operators"]).read_text()
+    assert "MatMulNBits" in (llama["mobile"] / graph.required_operators).read_text()
     # 2 layers x 7 Linears + lm_head = 15 base, 2 x 4 basis factor matmuls
-    assert op_counts(onnx.load(str(llama["mobile"] / graph["file"])))["com.microsoft.MatMulNBits"] == 15 + 8
+    assert op_counts(onnx.load(str(llama["mobile"] / graph.file)))["com.microsoft.MatMulNBits"] == 15 + 8
     feeds = {**llama["ids"], **_feeds(llama["mobile"], "lm0")}
-    onnx_out = _run(llama["mobile"] / graph["file"], feeds)
-    ort_out = _run(llama["mobile"] / graph["ort_file"], feeds)
+    onnx_out = _run(llama["mobile"] / graph.file, feeds)
+    ort_out = _run(llama["mobile"] / graph.ort_file, feeds)
     assert np.max(np.abs(ort_out - onnx_out)) < 1e-4
     rel = quantize.relative_error(llama["torch"]["lm0"], onnx_out)
     assert 0 < rel < 0.3, (
