@@ -85,7 +85,7 @@ TEXTS: list[tuple[str, int | None]] = [
 
 
 def _bank_dirs(root: Path) -> list[Path]:
-    from tests.helpers import write_peft_adapter
+    from benchmarks.fixtures import write_peft_adapter
 
     modules = [f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")]
     rng = np.random.default_rng(0)

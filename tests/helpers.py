@@ -2,44 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
 
-
-def write_peft_adapter(
-    folder: Path,
-    modules: dict[str, tuple[np.ndarray, np.ndarray]],
-    *,
-    r: int,
-    alpha: float,
-    base_model: str = "tiny/base",
-    extra_config: dict | None = None,
-    prefix: str = "base_model.model.",
-) -> Path:
-    """modules: name -> (A: r x d_in, B: d_out x r), unscaled as PEFT stores them."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name, (A, B) in modules.items():
-        tensors[f"{prefix}{name}.lora_A.weight"] = np.ascontiguousarray(A, dtype=np.float32)
-        tensors[f"{prefix}{name}.lora_B.weight"] = np.ascontiguousarray(B, dtype=np.float32)
-    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config = {
-        "peft_type": "LORA",
-        "r": r,
-        "lora_alpha": alpha,
-        "target_modules": sorted({n.rsplit(".", 1)[-1] for n in modules}),
-        "base_model_name_or_path": base_model,
-        "use_rslora": False,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-    }
-    config.update(extra_config or {})
-    (folder / "adapter_config.json").write_text(json.dumps(config))
-    return folder
+from benchmarks.fixtures import write_peft_adapter  # noqa: F401  (one implementation, re-exported)
 
 
 def planted_bank(rng: np.random.Generator, n: int, r: int, d_in: int, d_out: int, k: int):
