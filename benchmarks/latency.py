@@ -203,17 +203,17 @@ def summarize(cell: dict[str, Any], macs: dict[str, Any]) -> list[dict[str, Any]
         m = macs.get(base_name if variant == "base_again" else name)
         mb = macs.get(base_name)
         if m is not None:
-            total = _macs_at(m, b, s)
+            total = macs_at(m, b, s)
             row["macs_per_token"] = total / (b * s)
             row["gmacs_per_s"] = total / (row["p50_ms"] / 1e3) / 1e9
             if mb is not None and "ratio_p50" in row:
-                row["macs_ratio"] = total / _macs_at(mb, b, s)
+                row["macs_ratio"] = total / macs_at(mb, b, s)
                 row["measured_over_expected"] = row["ratio_p50"] / row["macs_ratio"]
         rows.append(row)
     return rows
 
 
-def _macs_at(m: dict[str, int], batch: int, seq: int) -> int:
+def macs_at(m: dict[str, int], batch: int, seq: int) -> int:
     return (
         m["per_call"]
         + m["per_sequence"] * batch

@@ -134,7 +134,7 @@ def disk_bytes(tasks: Path, build: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _paired(deltas: list[float]) -> dict[str, float]:
+def paired_delta(deltas: list[float]) -> dict[str, float]:
     """p50, p10, p90 of the paired differences (ms) and a bootstrap 95% interval of their p50."""
     a = np.asarray(deltas) * 1e3
     boot = np.median(np.random.default_rng(0).choice(a, (2000, a.size)), axis=1)
@@ -249,7 +249,7 @@ def time_switches(build: Path, tasks: Path, cfg: dict[str, Any]) -> dict[str, An
         out["paired"][k] = {
             "same": _pcts(same[k]),
             "switched": _pcts(switched[k]),
-            "delta": _paired([b - a for a, b in zip(same[k], switched[k], strict=True)]),
+            "delta": paired_delta([b - a for a, b in zip(same[k], switched[k], strict=True)]),
         }
 
     # First run on a new session (merged model per task) against a run right after an EigenLoRAx switch,
