@@ -257,6 +257,12 @@ def render(folder: str | Path) -> Path:
             lines.append("")
             del first
         tc = TARGET_CELL
+        fixed_order = not all("open_order" in c for c in lat["cells"])
+        if fixed_order:
+            targets.append(
+                "Latency: this run opened every round's sessions in a fixed order, base first (the method before "
+                "issue 11), which biases ratios to the base; no latency target is judged from it"
+            )
         for q in lat["config"]["quants"]:
             sh, pf, mg = (_row(rows, v, q, tc) for v in ("eigen_shared", "peft_unmerged", "eigen_merged"))
             again = _row(rows, "base_again", q, tc)
@@ -266,6 +272,7 @@ def render(folder: str | Path) -> Path:
                 )
                 continue
             spread = control_spread(again)
+            verdict_of = (lambda margin, spread: "NOT JUDGED (fixed session order)") if fixed_order else judge
             targets.append(
                 f"Control ({q}, B=1, S=128, 1 thread): a second session of the base graph / base p50 = "
                 f"{again['ratio_p50']:.3f} (rounds {'/'.join(f'{x:.3f}' for x in again['ratio_round_p50s'])}"
@@ -274,7 +281,7 @@ def render(folder: str | Path) -> Path:
                 "otherwise NOT RESOLVED"
             )
             if sh:
-                verdict = judge(1.05 - sh["ratio_p50"], spread)
+                verdict = verdict_of(1.05 - sh["ratio_p50"], spread)
                 targets.append(
                     f"EigenLoRAx unmerged / base p50 (B=1, S=128, 1 thread, {q}): {sh['ratio_p50']:.3f} "
                     f"[p10 {sh['ratio_p10']:.3f}, p90 {sh['ratio_p90']:.3f}; rounds "
@@ -284,7 +291,7 @@ def render(folder: str | Path) -> Path:
                 )
             if sh and pf:
                 rp = sh["ratio_to_peft_round_p50s"]
-                verdict = judge(1.0 - sh["ratio_to_peft_p50"], spread)
+                verdict = verdict_of(1.0 - sh["ratio_to_peft_p50"], spread)
                 targets.append(
                     f"EigenLoRAx unmerged / PEFT LoRA unmerged p50 ({q}): {sh['ratio_to_peft_p50']:.3f} "
                     f"(p90 {sh['ratio_to_peft_p90']:.3f}; rounds {'/'.join(f'{x:.3f}' for x in rp)}; "
@@ -297,8 +304,12 @@ def render(folder: str | Path) -> Path:
                 targets.append(
                     f"EigenLoRAx merged / base p50 ({q}): {mg['ratio_p50']:.3f} (rounds "
                     f"{'/'.join(f'{x:.3f}' for x in mg['ratio_round_p50s'])}) -> "
-                    f"{'LEVEL with the base (within' if level else 'DIFFERS from the base (beyond'} the "
-                    f"control spread {spread:.3f})"
+                    + (
+                        "NOT JUDGED (fixed session order)"
+                        if fixed_order
+                        else f"{'LEVEL with the base (within' if level else 'DIFFERS from the base (beyond'} the "
+                        f"control spread {spread:.3f})"
+                    )
                 )
     if flops:
         lines += [
@@ -323,7 +334,28 @@ def render(folder: str | Path) -> Path:
         plot_bytes(table, out)
         lines += ["## Task switching", ""]
         if "paired" not in s:
-            lines += ["(task_switch.json predates the paired method: re-run `--only switch`.)", ""]
+            lines += [
+                "task_switch.json predates the paired method (re-run `--only switch`). From that run, p50s of runs "
+                "timed in one loop but not paired, and a new session of a merged model:",
+                "",
+                "| | p50 ms |",
+                "|---|---|",
+            ]
+            old_rows = {
+                "eigen_same": "run, same EigenLoRAx task",
+                "eigen_switched": "run, EigenLoRAx task switched",
+                "ort_same": "run, same ORT adapter",
+                "ort_switched": "run, ORT adapter switched",
+                "new_session": "merged model: new session + first run",
+            }
+            lines += [f"| {label} | {s[k]['p50_ms']:.2f} |" for k, label in old_rows.items() if k in s]
+            if "new_session" in s and "eigen_switched" in s:
+                lines += [
+                    "",
+                    f"New session + first run / run after an EigenLoRAx switch (ratio of p50s): "
+                    f"x{s['new_session']['p50_ms'] / s['eigen_switched']['p50_ms']:.1f}.",
+                ]
+            lines.append("")
         else:
             pp, ns = s["paired"], s["new_session"]
             lines += [
