@@ -206,8 +206,14 @@ def render(folder: str | Path) -> Path:
         lines += [
             "## Latency",
             "",
-            "Every variant x quantization has its own session; runs are interleaved (each repetition runs every "
-            "session once, order rotated), so the ratio to the base at the same quantization is taken between "
+            "Every variant x quantization has its own session, "
+            + (
+                "opened in a fixed order, base first (this run predates the random order of issue 11); "
+                if not all("open_order" in c for c in lat["cells"])
+                else "opened afresh and in a random order in every round (the order is in latency.json); "
+            )
+            + "runs are interleaved (each repetition runs every session once, order rotated), so the ratio to the "
+            "base at the same quantization is taken between "
             "runs seconds apart. ratio p50 [p10, p90] is over those paired ratios; 'rounds' lists the p50 ratio "
             "of each of the rounds (run-to-run spread). MACs/token: multiply-adds per token counted from the "
             "graph (benchmarks/flops.py; per-call and per-row work amortized over the run's tokens). "
