@@ -374,7 +374,8 @@ def write_report(result: dict) -> None:
         f"{result['threads']} thread, {result['steps']} steps)",
         "",
         f"Made by `{result['command']}` (one invocation: both sides in the same run, {n} rounds, each running "
-        "every scenario once in a random order). Measured from outside each process: wait4() ru_maxrss "
+        f"every scenario once in a random order; {result.get('seconds', float('nan')) / 60:.1f} min). "
+        "Measured from outside each process: wait4() ru_maxrss "
         "(kernel high-water mark); polled /proc VmRSS beside it. 'above import' = the peak minus the same "
         "round's import baseline of that runtime (onnxruntime + numpy + edge_eigenlora.runtime for the "
         "onnxruntime rows; torch + transformers + peft for the PyTorch rows). Dropout: "
