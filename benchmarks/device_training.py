@@ -36,12 +36,12 @@ def ensure_bundle(cache: Path = CACHE) -> tuple[Path, Path]:
     bundle_dir, basis_path = cache / "bundle", cache / "basis.safetensors"
     if (bundle_dir / "manifest.json").exists():
         return bundle_dir, basis_path
+    from benchmarks.fixtures import write_peft_adapter
     from edge_eigenlora.adapters import load_bank
     from edge_eigenlora.basis import SubspaceConfig, fit_basis, save_basis
     from edge_eigenlora.export import ExportConfig, export_bundle
     from edge_eigenlora.pretrained import load_encoder
     from edge_eigenlora.train_graph import add_train_step
-    from tests.helpers import write_peft_adapter
 
     rng = np.random.default_rng(0)
     dirs = []

@@ -1,8 +1,9 @@
 """Inference latency of every deployment variant, interleaved in one process so that ratios share the noise.
 
 For each cell (batch, sequence, threads) every variant x quantization gets its own onnxruntime session (thread
-counts set explicitly), then runs are interleaved: each repetition runs every session once, in an order rotated
-by one per repetition (no variant is always first after a context switch). The ratio of a variant to the base
+counts set explicitly), opened in a random order in every round (fresh sessions each round: where a session's
+weights land in memory is a new draw), then runs are interleaved: each repetition runs every session once, in an
+order rotated by one per repetition (no variant is always first after a context switch). The ratio of a variant to the base
 model at the same quantization is taken per repetition (runs seconds apart), so machine load cancels; p50 and p90
 of those paired ratios are reported, and the p50 of each of `rounds` rounds gives the run-to-run spread.
 
@@ -48,8 +49,9 @@ class Runner:
         # base_again: a second session of the base graph, the control for session-to-session variance (where
         # each session's weights land in memory matters when a batch-1 run streams ~100s of MB of weights)
         path = build / info["files"]["base" if variant == "base_again" else variant][quant]
-        self.session = ort.InferenceSession(str(path), sess_options=session_options(threads, arena),
-                                            providers=["CPUExecutionProvider"])  # fmt: skip
+        self.session = ort.InferenceSession(
+            str(path), sess_options=session_options(threads, arena), providers=["CPUExecutionProvider"]
+        )
         self.extra: dict[str, np.ndarray] = {}
         self.run_options = None
         self._keep: list[Any] = []
@@ -74,16 +76,32 @@ class Runner:
         return time.perf_counter() - start
 
 
-def measure_cell(build: Path, variants: list[str], quants: list[str], batch: int, seq: int, threads: int,
-                 cfg: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def measure_cell(
+    build: Path,
+    variants: list[str],
+    quants: list[str],
+    batch: int,
+    seq: int,
+    threads: int,
+    cfg: dict[str, Any],
+) -> dict[str, Any]:
     """Interleaved timings of all variant x quant sessions on one (batch, seq, threads) cell.
 
     Every round opens fresh sessions: where a session's weights land in memory moves a batch-1 run by several
     percent (the base_again control measures it), so each round is a new draw and the per-round ratios show it.
     """
 
+    rng = np.random.default_rng([batch, seq, threads])
+    order_log: list[list[str]] = []
+
     def open_sessions() -> list[Runner]:
-        return [Runner(build, v, q, threads, batch) for q in quants for v in variants]
+        """Every session, opened in a new random order (the first-opened session must not always be the base)."""
+        pairs = [(v, q) for q in quants for v in variants]
+        opened = [
+            Runner(build, v, q, threads, batch) for v, q in (pairs[i] for i in rng.permutation(len(pairs)))
+        ]
+        order_log.append([r.name for r in opened])
+        return opened
 
     runners = open_sessions()
     inputs = make_inputs(batch, seq)
@@ -98,7 +116,8 @@ def measure_cell(build: Path, variants: list[str], quants: list[str], batch: int
     # every variant computes the same task: max |logit difference| to EigenLoRAx unmerged fp32 (base: no task)
     ref = outputs.get("eigen_shared/fp32")
     parity = {n: float(np.max(np.abs(o - ref))) for n, o in outputs.items()} if ref is not None else {}
-    probe = float(np.median([runners[0](inputs) for _ in range(3)]))  # base fp32: sets the repetitions
+    base_first = next(r for r in runners if r.name == f"base/{quants[0]}")
+    probe = float(np.median([base_first(inputs) for _ in range(3)]))  # the base: sets the repetitions
     reps = int(
         min(
             cfg["max_reps_per_round"],
@@ -123,8 +142,16 @@ def measure_cell(build: Path, variants: list[str], quants: list[str], batch: int
     times = {
         k: [[round(t, 7) for t in ts] for ts in v] for k, v in times.items()
     }  # 0.1 us: keeps the JSON small
-    return {"batch": batch, "seq": seq, "threads": threads, "reps_per_round": reps, "rounds": cfg["rounds"],
-            "times_s": times, "max_abs_logit_diff_to_eigen_shared_fp32": parity}  # fmt: skip
+    return {
+        "batch": batch,
+        "seq": seq,
+        "threads": threads,
+        "reps_per_round": reps,
+        "rounds": cfg["rounds"],
+        "times_s": times,
+        "open_order": order_log,
+        "max_abs_logit_diff_to_eigen_shared_fp32": parity,
+    }
 
 
 def summarize(cell: dict[str, Any], macs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -136,9 +163,16 @@ def summarize(cell: dict[str, Any], macs: dict[str, Any]) -> list[dict[str, Any]
         variant, quant = name.split("/")
         flat = np.concatenate([np.asarray(r) for r in rounds])
         base_name = f"base/{quant}"
-        row: dict[str, Any] = {"variant": variant, "quant": quant, "batch": b, "seq": s, "threads": cell["threads"],
-                               "p50_ms": float(np.percentile(flat, 50) * 1e3),
-                               "p90_ms": float(np.percentile(flat, 90) * 1e3), "samples": int(flat.size)}  # fmt: skip
+        row: dict[str, Any] = {
+            "variant": variant,
+            "quant": quant,
+            "batch": b,
+            "seq": s,
+            "threads": cell["threads"],
+            "p50_ms": float(np.percentile(flat, 50) * 1e3),
+            "p90_ms": float(np.percentile(flat, 90) * 1e3),
+            "samples": int(flat.size),
+        }
         if base_name in cell["times_s"]:
             base_rounds = cell["times_s"][base_name]
             paired = np.concatenate(
@@ -148,9 +182,14 @@ def summarize(cell: dict[str, Any], macs: dict[str, Any]) -> list[dict[str, Any]
                 float(np.median(np.asarray(v) / np.asarray(w)))
                 for v, w in zip(rounds, base_rounds, strict=True)
             ]
-            row.update(ratio_p50=float(np.percentile(paired, 50)), ratio_p90=float(np.percentile(paired, 90)),
-                       ratio_p10=float(np.percentile(paired, 10)), ratio_round_p50s=per_round,
-                       ratio_round_spread=float(max(per_round) - min(per_round)))  # fmt: skip
+            row.update(
+                ratio_p50=float(np.percentile(paired, 50)),
+                ratio_p90=float(np.percentile(paired, 90)),
+                ratio_round_median=float(np.median(per_round)),
+                ratio_p10=float(np.percentile(paired, 10)),
+                ratio_round_p50s=per_round,
+                ratio_round_spread=float(max(per_round) - min(per_round)),
+            )
         if "peft_unmerged/" + quant in cell["times_s"] and variant.startswith("eigen"):
             peft = cell["times_s"]["peft_unmerged/" + quant]
             paired = np.concatenate(
@@ -164,17 +203,17 @@ def summarize(cell: dict[str, Any], macs: dict[str, Any]) -> list[dict[str, Any]
         m = macs.get(base_name if variant == "base_again" else name)
         mb = macs.get(base_name)
         if m is not None:
-            total = _macs_at(m, b, s)
+            total = macs_at(m, b, s)
             row["macs_per_token"] = total / (b * s)
             row["gmacs_per_s"] = total / (row["p50_ms"] / 1e3) / 1e9
             if mb is not None and "ratio_p50" in row:
-                row["macs_ratio"] = total / _macs_at(mb, b, s)
+                row["macs_ratio"] = total / macs_at(mb, b, s)
                 row["measured_over_expected"] = row["ratio_p50"] / row["macs_ratio"]
         rows.append(row)
     return rows
 
 
-def _macs_at(m: dict[str, int], batch: int, seq: int) -> int:
+def macs_at(m: dict[str, int], batch: int, seq: int) -> int:
     return (
         m["per_call"]
         + m["per_sequence"] * batch
@@ -201,10 +240,18 @@ def main(argv: list[str] | None = None) -> int:
         cells.append(cell)
         rows += summarize(cell, macs)
         shared = next((r for r in rows[-len(cell["times_s"]) :] if r["variant"] == "eigen_shared"), {})
-        print(f"[latency] B={batch} S={seq} threads={threads}: {cell['seconds']:.0f} s, "
-              f"eigen_shared/base p50 {shared.get('ratio_p50', float('nan')):.3f}", flush=True)  # fmt: skip
-        result = {"config": cfg, "cells": cells, "rows": rows, "seconds": time.perf_counter() - start,
-                  "load_average": list(__import__("os").getloadavg())}  # fmt: skip
+        print(
+            f"[latency] B={batch} S={seq} threads={threads}: {cell['seconds']:.0f} s, "
+            f"eigen_shared/base p50 {shared.get('ratio_p50', float('nan')):.3f}",
+            flush=True,
+        )
+        result = {
+            "config": cfg,
+            "cells": cells,
+            "rows": rows,
+            "seconds": time.perf_counter() - start,
+            "load_average": list(__import__("os").getloadavg()),
+        }
         (out / "latency.json").write_text(json.dumps(result, indent=1) + "\n")
     return 0
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.fixtures import peft_key, synthetic_task, write_peft_adapter
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).parent / "configs"
 RESULTS = Path(__file__).parent / "results" / "perf"
@@ -58,8 +60,11 @@ def adapted_modules(encoder: Any) -> list[str]:
     """The encoder's attention query/value projections: what every variant adapts (LoRA r=8 on q and v)."""
     import torch
 
-    names = [n for n, m in encoder.named_modules()
-             if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in ATTENTION_QV]  # fmt: skip
+    names = [
+        n
+        for n, m in encoder.named_modules()
+        if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in ATTENTION_QV
+    ]
     if not names:
         raise RuntimeError(f"no attention q/v projections (named {ATTENTION_QV}) in {type(encoder).__name__}")
     return names
@@ -78,8 +83,16 @@ def load_config(name_or_path: str) -> dict[str, Any]:
 def thread_env(threads: int) -> dict[str, str]:
     """Environment that pins every thread pool a child might start (BLAS, OpenMP) to `threads`."""
     n = str(threads)
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, MKL_NUM_THREADS=n,
-                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    return dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS=n,
+        OPENBLAS_NUM_THREADS=n,
+        MKL_NUM_THREADS=n,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
 
 
 def session_options(threads: int, arena: bool = True) -> Any:
@@ -102,8 +115,14 @@ def session_options(threads: int, arena: bool = True) -> Any:
 
 
 def build_key(config: dict[str, Any]) -> str:
-    settings = {"v": BUILD_VERSION, "model": config["model"], "k": config["k"], "rank": RANK,
-                "bank": config["bank_adapters"], "quants": config["quants"]}  # fmt: skip
+    settings = {
+        "v": BUILD_VERSION,
+        "model": config["model"],
+        "k": config["k"],
+        "rank": RANK,
+        "bank": config["bank_adapters"],
+        "quants": config["quants"],
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -111,37 +130,23 @@ def build_dir(config: dict[str, Any]) -> Path:
     return CACHE / f"{Path(config['model']).name}-{build_key(config)}"
 
 
-def _task(basis: Any, name: str, seed: int, hidden: int) -> Any:
-    """A task with random but realistic coefficients (delta W ~ a trained LoRA's norm) and a 3-label head."""
-    from edge_eigenlora.task import Task
-
-    g = np.random.default_rng(seed)
-    coefficients = {}
-    for m, mb in basis.modules.items():
-        coefficients[m] = (
-            (g.standard_normal((mb.width, RANK)) * 0.3).astype(np.float32),
-            (g.standard_normal((mb.width, RANK)) * 0.02).astype(np.float32),
-        )
-    return Task(name=name, basis_fingerprint=basis.fingerprint, coefficients=coefficients,
-                head_weight=g.standard_normal((LABELS, hidden)).astype(np.float32) * 0.1,
-                head_bias=np.zeros(LABELS, np.float32), labels=[f"l{i}" for i in range(LABELS)])  # fmt: skip
-
-
 def _export_classifier(model: Any, task: Any) -> Any:
     """A (possibly PEFT-wrapped) encoder + mean pooling + the task's head, exported like the bundle's graphs."""
     import torch
 
-    from edge_eigenlora import export
+    from edge_eigenlora import bundle
+    from edge_eigenlora.graph_modules import MergedGraph, example_inputs, to_onnx
+    from edge_eigenlora.onnx_tools import name_contract_dims
 
     hidden = task.head_weight.shape[1]
     head = torch.nn.Linear(hidden, LABELS)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(task.head_weight))
         head.bias.copy_(torch.from_numpy(task.head_bias))
-    module = export._MergedGraph(model, "classification", head).eval()
-    args, shapes = export._dummy(model, False, "classification", None, hidden)
-    proto = export.export_onnx(module, args, shapes, list(shapes))
-    export._rename_dims(proto, "classification", False)
+    module = MergedGraph(model, "classification", head).eval()
+    args, shapes = example_inputs(model, bundle.MERGED, "classification", None)
+    proto = to_onnx(module, args, shapes, list(shapes), [bundle.LOGITS])
+    name_contract_dims(proto, "classification", bundle.MERGED)
     return proto
 
 
@@ -203,15 +208,21 @@ def quantize_except(model: Any, mode: str, exclude: list[str]) -> Any:
     if mode == "none":
         return model
     if mode == "int4":
-        return quantize._nbits(model, exclude, 32)
+        return quantize.matmul_nbits(model, exclude, 32)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save_model(model, str(src))
-        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=exclude)  # fmt: skip
+        quantize_dynamic(
+            src,
+            dst,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+        )
         return onnx.load(str(dst))
 
 
@@ -232,7 +243,6 @@ def build(config: dict[str, Any]) -> Path:
     from edge_eigenlora.export import ExportConfig, derive_bundle, export_bundle
     from edge_eigenlora.pretrained import hub_name, load_encoder
     from edge_eigenlora.task import save_task
-    from tests.helpers import write_peft_adapter
 
     torch.set_num_threads(2)
     tmp = out.with_name(out.name + ".tmp")  # a cut build resumes: each step skips what it already wrote
@@ -243,31 +253,59 @@ def build(config: dict[str, Any]) -> Path:
     modules, hidden = adapted_modules(encoder), encoder.config.hidden_size
     dirs = []
     for i in range(config["bank_adapters"]):
-        mods = {m: (rng.standard_normal((RANK, hidden)) * 0.05, rng.standard_normal((hidden, RANK)) * 0.05)
-                for m in modules}  # fmt: skip
-        dirs.append(write_peft_adapter(tmp / "bank" / f"a{i}", mods, r=RANK, alpha=2 * RANK,
-                                       base_model=hub_name(config["model"])))  # fmt: skip
+        mods = {
+            m: (rng.standard_normal((RANK, hidden)) * 0.05, rng.standard_normal((hidden, RANK)) * 0.05)
+            for m in modules
+        }
+        dirs.append(
+            write_peft_adapter(
+                tmp / "bank" / f"a{i}", mods, r=RANK, alpha=2 * RANK, base_model=hub_name(config["model"])
+            )
+        )
     basis = fit_basis(load_bank(dirs), SubspaceConfig(k=config["k"]), progress=False)
     basis_path = save_basis(basis, tmp / "basis.safetensors")
-    tasks = [_task(basis, f"t{i}", i, hidden) for i in range(2)]
+    tasks = [synthetic_task(basis, f"t{i}", i, hidden, rank=RANK, labels=LABELS) for i in range(2)]
     task_paths = [save_task(t, tmp / "tasks" / f"{t.name}.safetensors") for t in tasks]
     files: dict[str, dict[str, str]] = {v: {} for v in VARIANTS}
     print(f"[build] bank + basis {time.perf_counter() - t0:.0f} s", flush=True)
 
-    ecfg = ExportConfig(rank=RANK, variants=("shared", "per_row", "merged"), basis_quant="none", base_quant="none",
-                        merged_task="t0", onnx_adapters=True, max_length=128)  # fmt: skip
+    ecfg = ExportConfig(
+        rank=RANK,
+        variants=("shared", "per_row", "merged"),
+        basis_quant="none",
+        base_quant="none",
+        merged_task="t0",
+        onnx_adapters=True,
+        max_length=128,
+    )
     if not (tmp / "bundle_fp32" / "manifest.json").exists():
         shutil.rmtree(tmp / "bundle_fp32", ignore_errors=True)
-        export_bundle(config["model"], basis_path, tmp / "bundle_fp32", config=ecfg, tasks=task_paths,
-                      model=encoder, tokenizer=tokenizer)  # fmt: skip
+        export_bundle(
+            config["model"],
+            basis_path,
+            tmp / "bundle_fp32",
+            config=ecfg,
+            tasks=task_paths,
+            model=encoder,
+            tokenizer=tokenizer,
+        )
     print(f"[build] EigenLoRAx bundle {time.perf_counter() - t0:.0f} s", flush=True)
     for q in config["quants"]:
         if q == "fp32" or (tmp / f"bundle_{q}" / "manifest.json").exists():
             continue
         shutil.rmtree(tmp / f"bundle_{q}", ignore_errors=True)
-        derive_bundle(tmp / "bundle_fp32", tmp / f"bundle_{q}", config=ExportConfig(
-            rank=RANK, variants=("shared", "per_row", "merged"), basis_quant=q, base_quant=q,
-            merged_task="t0", max_length=128))  # fmt: skip
+        derive_bundle(
+            tmp / "bundle_fp32",
+            tmp / f"bundle_{q}",
+            config=ExportConfig(
+                rank=RANK,
+                variants=("shared", "per_row", "merged"),
+                basis_quant=q,
+                base_quant=q,
+                merged_task="t0",
+                max_length=128,
+            ),
+        )
     for q in config["quants"]:
         for v in ("shared", "per_row", "merged"):
             files[f"eigen_{v}"][q] = f"bundle_{q}/model_{v}.onnx"
@@ -303,8 +341,12 @@ def build(config: dict[str, Any]) -> Path:
         )
     for q in config["quants"]:
         mode = {"fp32": "none", "int8": "int8", "int4": "int4"}[q]
-        for variant, proto, exclude in (("base", base_proto, []), ("peft_unmerged", peft_proto, []),
-                                        ("lora_merged", merged_proto, []), ("ort_lora", peft_proto, l_nodes)):  # fmt: skip
+        for variant, proto, exclude in (
+            ("base", base_proto, []),
+            ("peft_unmerged", peft_proto, []),
+            ("lora_merged", merged_proto, []),
+            ("ort_lora", peft_proto, l_nodes),
+        ):
             p = quantize_except(onnx.ModelProto.FromString(proto.SerializeToString()), mode, exclude)
             if variant == "ort_lora":
                 p = promote_to_inputs(p, l_weights)
@@ -315,9 +357,18 @@ def build(config: dict[str, Any]) -> Path:
     _write_lora_adapters(tmp, peft_dirs, l_weights, peft_proto)
     print(f"[build] quantized peers + adapters {time.perf_counter() - t0:.0f} s", flush=True)
     manifest = bundle_mod.read_manifest(tmp / "bundle_fp32")
-    info = {"files": files, "lora_inputs": l_weights, "build_seconds": time.perf_counter() - t0,
-            "coefficients": manifest.layout.size, "k": config["k"], "rank": RANK, "labels": LABELS,
-            "modules": modules, "hidden": hidden, "model": config["model"]}  # fmt: skip
+    info = {
+        "files": files,
+        "lora_inputs": l_weights,
+        "build_seconds": time.perf_counter() - t0,
+        "coefficients": manifest.layout.size,
+        "k": config["k"],
+        "rank": RANK,
+        "labels": LABELS,
+        "modules": modules,
+        "hidden": hidden,
+        "model": config["model"],
+    }
     (tmp / "variants.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -331,20 +382,16 @@ def _write_lora_adapters(root: Path, peft_dirs: list[Path], names: list[str], pr
 
     for folder in peft_dirs:
         tensors = load_file(str(folder / "adapter_model.safetensors"))
-        params = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(tensors[_peft_key(name)].T))
-                  for name in names}  # fmt: skip
+        params = {
+            name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(tensors[peft_key(name)].T))
+            for name in names
+        }
         fmt = ort.AdapterFormat()
         fmt.set_adapter_version(1)
         fmt.set_model_version(1)
         fmt.set_parameters(params)
         (root / "adapters").mkdir(exist_ok=True)
         fmt.export_adapter(str(root / "adapters" / f"{folder.name}.onnx_adapter"))
-
-
-def _peft_key(input_name: str) -> str:
-    """'<module>.lora_A_t' (the graph input) -> 'base_model.model.<module>.lora_A.weight' (the PEFT file's key)."""
-    module, side = input_name.rsplit(".lora_", 1)
-    return f"base_model.model.{module}.lora_{side[0]}.weight"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,8 +402,17 @@ def _peft_key(input_name: str) -> str:
 def run_stage(module: str, config_name: str, build_path: Path, out: Path, timeout: float) -> float:
     """Run one measurement module in its own process (fresh interpreter: no state shared between stages)."""
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", f"benchmarks.{module}", "--config", config_name, "--build", str(build_path),
-           "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        f"benchmarks.{module}",
+        "--config",
+        config_name,
+        "--build",
+        str(build_path),
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, env=thread_env(2), timeout=timeout)
     return time.perf_counter() - start
 
@@ -368,8 +424,12 @@ def main(argv: list[str] | None = None) -> int:
         default="quick",
         help="quick | full | full_mpnet (benchmarks/configs/perf_*) or a JSON path",
     )
-    p.add_argument("--only", nargs="*", choices=("build", "flops", "latency", "switch", "memory", "report"),
-                   help="stages to run (default: all)")  # fmt: skip
+    p.add_argument(
+        "--only",
+        nargs="*",
+        choices=("build", "flops", "latency", "switch", "memory", "report"),
+        help="stages to run (default: all)",
+    )
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results/perf/<config>)")
     args = p.parse_args(argv)
     config = load_config(args.config)
@@ -388,8 +448,13 @@ def main(argv: list[str] | None = None) -> int:
         durations["build"] = 0.0 if cached else time.perf_counter() - start
         print(f"[perf] graphs in {path}", flush=True)
     info = json.loads((path / "variants.json").read_text())
-    model_info = {"model": info["model"], "layers": len(info["modules"]) // 2, "k": info["k"], "rank": info["rank"],
-                  "hidden": info.get("hidden", 384)}  # fmt: skip
+    model_info = {
+        "model": info["model"],
+        "layers": len(info["modules"]) // 2,
+        "k": info["k"],
+        "rank": info["rank"],
+        "hidden": info.get("hidden", 384),
+    }
     (out / "build.json").write_text(json.dumps(model_info, indent=1) + "\n")
     if "flops" in stages:
         from benchmarks.flops import variant_table

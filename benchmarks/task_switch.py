@@ -1,13 +1,17 @@
-"""Task switching: how long it takes to serve another task, and what each task costs on disk and in memory.
+"""Task switching: what a switch costs the user's next run, and what each task costs on disk and in memory.
 
-Switch paths, timed interleaved in one process (1 thread, batch 1):
-    eigen_cached    EigenLoRAx: fetch another cached task's feeds (DeviceRuntime.task(name).feeds(): a lookup)
-    eigen_cold      EigenLoRAx: read + validate a task file from disk (safetensors -> packed feeds)
-    ort_adapter     ORT multi-LoRA: LoraAdapter().Load(.onnx_adapter) + RunOptions.add_active_adapter
-    new_session     a merged model per task: a new InferenceSession + its first run
-and, for each path, the run that follows a switch against a run that repeats the same task (what a switch adds to
-the next inference). Bytes per task (1, 10, 100 resident tasks): files on disk, and the RSS growth of a child
-process that holds N tasks ready to run, read from outside (/proc/<pid>/status between two handshakes).
+The headline (paired, one process, 1 thread, batch 1, public calls only):
+    switched - same   p50 over units of (a run repeating the current task, then a run right after a switch to the
+                      other task), per path:
+        eigen_cached      EigenLoRAx, tasks cached by the runtime (DeviceRuntime.preload(), then task(name))
+        eigen_cold        EigenLoRAx, the task file read + validated at the switch (DeviceRuntime.task(Task))
+        ort_adapter       ORT multi-LoRA: both .onnx_adapter files loaded, the switch activates the other one
+        ort_adapter_cold  ORT multi-LoRA: the .onnx_adapter file loaded + activated at the switch
+    new session       a merged model per task: a new InferenceSession + its first run, against a run right after
+                      an EigenLoRAx switch in the same unit (ratio per unit, p50)
+Details: the switch operation alone (the runtime's cache lookup, reading a task file, loading an ORT adapter).
+Bytes per task (1, 10, 100 resident tasks): files on disk, and the RSS growth of a child process that holds N tasks
+ready to run, read from outside (/proc/<pid>/status between two handshakes).
 
     python -m benchmarks.task_switch --config quick --build <perf build folder> --out <results folder>
 """
@@ -25,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.fixtures import peft_key, synthetic_task
 from benchmarks.latency import make_inputs
-from benchmarks.perf import RANK, _peft_key, _task, load_config, session_options, thread_env
+from benchmarks.perf import LABELS, RANK, load_config, session_options, thread_env
 
 
 def _pcts(xs: list[float]) -> dict[str, float]:
@@ -55,7 +60,7 @@ def make_tasks(build: Path, n: int) -> Path:
         (root / sub).mkdir(parents=True, exist_ok=True)
     hidden = load_task(build / "tasks" / "t0.safetensors").head_weight.shape[1]
     for i in range(n):
-        task = _task(basis, f"s{i:03d}", 1000 + i, hidden)
+        task = synthetic_task(basis, f"s{i:03d}", 1000 + i, hidden, rank=RANK, labels=LABELS)
         save_task(task, root / "eigen" / f"{task.name}.safetensors")
         feeds = bundle_mod.task_feeds(task, manifest)
         _adapter({k: v for k, v in feeds.items()}, root / "eigen_adapter" / f"{task.name}.onnx_adapter", ort)
@@ -68,12 +73,20 @@ def make_tasks(build: Path, n: int) -> Path:
         folder = root / "peft" / task.name
         folder.mkdir(exist_ok=True)
         save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-        (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": RANK, "lora_alpha": RANK,
-                                                               "target_modules": sorted({m.rsplit(".", 1)[-1] for m in task.coefficients})}))  # fmt: skip
+        (folder / "adapter_config.json").write_text(
+            json.dumps(
+                {
+                    "peft_type": "LORA",
+                    "r": RANK,
+                    "lora_alpha": RANK,
+                    "target_modules": sorted({m.rsplit(".", 1)[-1] for m in task.coefficients}),
+                }
+            )
+        )
         save_file(
             {"weight": task.head_weight, "bias": task.head_bias}, str(folder / "classifier_head.safetensors")
         )
-        params = {name: np.ascontiguousarray(tensors[_peft_key(name)].T) for name in info["lora_inputs"]}
+        params = {name: np.ascontiguousarray(tensors[peft_key(name)].T) for name in info["lora_inputs"]}
         _adapter(params, root / "ort_adapter" / f"{task.name}.onnx_adapter", ort)
     (root / "done").write_text("ok")
     return root
@@ -121,79 +134,138 @@ def disk_bytes(tasks: Path, build: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
+def paired_delta(deltas: list[float]) -> dict[str, float]:
+    """p50, p10, p90 of the paired differences (ms) and a bootstrap 95% interval of their p50."""
+    a = np.asarray(deltas) * 1e3
+    boot = np.median(np.random.default_rng(0).choice(a, (2000, a.size)), axis=1)
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p10_ms": float(np.percentile(a, 10)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p50_ci95_ms": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        "n": int(a.size),
+    }
+
+
 def time_switches(build: Path, tasks: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The switch a user sees, through public calls only (DeviceRuntime.run, ORT's run with RunOptions).
+
+    Paired loop: each unit is a run that repeats the current task and then a run right after a switch to the other
+    task (alternating t0/t1), so `switched - same` is taken between neighbouring runs and the machine's load
+    cancels. Per path: EigenLoRAx with the task cached (`session("shared").run` with `task(name).feeds()` after
+    `preload()`),
+    EigenLoRAx with the task read from its file at the switch, ORT multi-LoRA (adapters loaded, the switch
+    activates the other one) and ORT with the adapter file loaded at the switch. Second loop, also paired: a
+    run right after an EigenLoRAx switch against the first run on a new session of a merged model (what a
+    merged-model deployment does to change task), both inside one unit.
+    """
     import onnxruntime as ort
 
     from edge_eigenlora.runtime import DeviceRuntime, RuntimeOptions
     from edge_eigenlora.task import load_task
 
     threads, seq, repeats = cfg["threads"], cfg["seq"], cfg["repeats"]
+    pairs = int(cfg.get("pairs", max(20, repeats // 10)))
     info = json.loads((build / "variants.json").read_text())
     inputs = make_inputs(1, seq)
     rt = DeviceRuntime(build / "bundle_fp32", options=RuntimeOptions(threads=threads), verify=False)
-    names = sorted(p.stem for p in (tasks / "eigen").glob("*.safetensors"))[:10]
-    cached = [rt.task(load_task(tasks / "eigen" / f"{n}.safetensors")) for n in names]
-    by_name = {t.name: t for t in cached}
-    rt._tasks.update(by_name)  # the runtime's cache, as preload() fills it for bundle tasks
+    bundle_tasks = rt.preload()[:2]  # the bundle's own tasks (t0, t1), cached: the runtime's normal path
+    # DeviceRuntime.run(task=...) is session("shared").run with task(...).feeds() after encode(); encode() of token
+    # ids currently spends ~8 ms per call asking the tokenizer for its vocabulary size (the same in both arms of
+    # a pair, but it would double the run that the new-session ratio compares against), so the runs here call
+    # the same two public methods directly.
     shared = rt.session("shared")
-    ort_sess = ort.InferenceSession(str(build / info["files"]["ort_lora"]["fp32"]),
-                                    sess_options=session_options(threads), providers=["CPUExecutionProvider"])  # fmt: skip
-    adapter_paths = [tasks / "ort_adapter" / f"{n}.onnx_adapter" for n in names]
-    res: dict[str, list[float]] = {k: [] for k in ("eigen_cached", "eigen_cold", "ort_adapter_load",
-                                                   "ort_adapter_activate", "ort_adapter")}  # fmt: skip
-    for i in range(repeats):  # interleaved: each repetition times every switch path once
-        name = names[i % len(names)]
-        t = time.perf_counter()
-        rt.task(name).feeds()
-        res["eigen_cached"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        rt.task(load_task(tasks / "eigen" / f"{name}.safetensors")).feeds()
-        res["eigen_cold"].append(time.perf_counter() - t)
-        t = time.perf_counter()
+    task_files = [build / "tasks" / f"{n}.safetensors" for n in bundle_tasks]
+    names = sorted(p.stem for p in (tasks / "eigen").glob("*.safetensors"))[:10]
+    ort_sess = ort.InferenceSession(
+        str(build / info["files"]["ort_lora"]["fp32"]),
+        sess_options=session_options(threads),
+        providers=["CPUExecutionProvider"],
+    )
+    ort_files = [tasks / "ort_adapter" / f"{n}.onnx_adapter" for n in names[:2]]
+
+    def ort_options(path: Path) -> Any:
         adapter = ort.LoraAdapter()
-        adapter.Load(str(adapter_paths[i % len(names)]))
-        t1 = time.perf_counter()
+        adapter.Load(str(path))
         ro = ort.RunOptions()
         ro.add_active_adapter(adapter)
-        t2 = time.perf_counter()
-        res["ort_adapter_load"].append(t1 - t)
-        res["ort_adapter_activate"].append(t2 - t1)
-        res["ort_adapter"].append(t2 - t)
-    # the run after a switch vs a run repeating the task (what the switch adds to the next inference)
-    adapters = []
-    for p in adapter_paths[:2]:
-        a = ort.LoraAdapter()
-        a.Load(str(p))
-        adapters.append(a)
-    opts = []
-    for a in adapters:
-        ro = ort.RunOptions()
-        ro.add_active_adapter(a)
-        opts.append(ro)
-    runs: dict[str, list[float]] = {
-        k: [] for k in ("eigen_same", "eigen_switched", "ort_same", "ort_switched")
+        return adapter, ro  # the adapter must stay referenced while it runs
+
+    ort_loaded = [ort_options(p) for p in ort_files]
+
+    # Each path: (same, switch). `same(i)` runs task i again as the run before did; `switch(i)` switches to task i
+    # the way that deployment does it and runs it. The "cold" paths read the task file at the switch and keep it.
+    held: dict[str, Any] = {"eigen_cold": None, "ort_adapter_cold": None}
+
+    def eigen_same(i: int) -> None:
+        shared.run(["logits"], {**inputs, **rt.task(bundle_tasks[i]).feeds()})
+
+    def eigen_cold_same(i: int) -> None:
+        shared.run(["logits"], {**inputs, **held["eigen_cold"].feeds()})
+
+    def eigen_cold_switch(i: int) -> None:
+        held["eigen_cold"] = rt.task(load_task(task_files[i]))
+        shared.run(["logits"], {**inputs, **held["eigen_cold"].feeds()})
+
+    def ort_same(i: int) -> None:
+        ort_sess.run(["logits"], inputs, ort_loaded[i][1])
+
+    def ort_cold_same(i: int) -> None:
+        ort_sess.run(["logits"], inputs, held["ort_adapter_cold"][1])
+
+    def ort_cold_switch(i: int) -> None:
+        held["ort_adapter_cold"] = ort_options(ort_files[i])
+        ort_sess.run(["logits"], inputs, held["ort_adapter_cold"][1])
+
+    paths = {
+        "eigen_cached": (eigen_same, eigen_same),
+        "eigen_cold": (eigen_cold_same, eigen_cold_switch),
+        "ort_adapter": (ort_same, ort_same),
+        "ort_adapter_cold": (ort_cold_same, ort_cold_switch),
     }
-    for _ in range(3):
-        shared.run(["logits"], {**inputs, **by_name[names[0]].feeds()})
-        ort_sess.run(["logits"], inputs, opts[0])
-    current = 0
-    for i in range(max(20, repeats // 20)):
-        switch = i % 2 == 1
-        nxt = 1 - current if switch else current
-        t = time.perf_counter()
-        shared.run(["logits"], {**inputs, **rt.task(names[nxt]).feeds()})
-        runs["eigen_switched" if switch else "eigen_same"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        ort_sess.run(["logits"], inputs, opts[nxt])
-        runs["ort_switched" if switch else "ort_same"].append(time.perf_counter() - t)
-        current = nxt
-    # a new session per task (merged models): create + first run; alternating two merged graph files
+    eigen_cached = eigen_same
+    for same_fn, switch_fn in paths.values():  # warm every path on both tasks; ends holding task 0
+        for i in (1, 0):
+            switch_fn(i)
+            same_fn(i)
+    same: dict[str, list[float]] = {k: [] for k in paths}
+    switched: dict[str, list[float]] = {k: [] for k in paths}
+    current = dict.fromkeys(paths, 0)
+    rng = np.random.default_rng(0)
+    for _ in range(pairs):
+        for k in rng.permutation(list(paths)):  # the paths in a random order in every unit
+            same_fn, switch_fn = paths[k]
+            cur = current[k]
+            t = time.perf_counter()
+            same_fn(cur)  # the same task as the run before
+            t1 = time.perf_counter()
+            switch_fn(1 - cur)  # right after a switch
+            t2 = time.perf_counter()
+            same[k].append(t1 - t)
+            switched[k].append(t2 - t1)
+            current[k] = 1 - cur
+    out: dict[str, Any] = {"paired": {}, "detail": {}, "new_session": {}}
+    for k in paths:
+        out["paired"][k] = {
+            "same": _pcts(same[k]),
+            "switched": _pcts(switched[k]),
+            "delta": paired_delta([b - a for a, b in zip(same[k], switched[k], strict=True)]),
+        }
+
+    # First run on a new session (merged model per task) against a run right after an EigenLoRAx switch,
+    # paired in one unit; the two merged graphs alternate so the file cache holds both, as for a device's tasks.
     merged = [build / info["files"]["eigen_merged"]["fp32"], build / info["files"]["lora_merged"]["fp32"]]
-    create, first, steady = [], [], []
+    create, first, steady, after_switch = [], [], [], []
+    cur = 0
     for i in range(cfg["session_repeats"]):
         t = time.perf_counter()
-        sess = ort.InferenceSession(str(merged[i % 2]), sess_options=session_options(threads),
-                                    providers=["CPUExecutionProvider"])  # fmt: skip
+        eigen_cached(1 - cur)
+        after_switch.append(time.perf_counter() - t)
+        cur = 1 - cur
+        t = time.perf_counter()
+        sess = ort.InferenceSession(
+            str(merged[i % 2]), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        )
         t1 = time.perf_counter()
         sess.run(["logits"], inputs)
         t2 = time.perf_counter()
@@ -203,12 +275,50 @@ def time_switches(build: Path, tasks: Path, cfg: dict[str, Any]) -> dict[str, An
         first.append(t2 - t1)
         steady.append(t3 - t2)
         del sess
-    out = {k: _pcts(v) for k, v in res.items()}
-    out.update({k: _pcts(v) for k, v in runs.items()})
-    out["new_session_create"] = _pcts(create)
-    out["new_session_first_run"] = _pcts(first)
-    out["new_session"] = _pcts([a + b for a, b in zip(create, first, strict=True)])
-    out["merged_steady_run"] = _pcts(steady)
+    total = [a + b for a, b in zip(create, first, strict=True)]
+    ns = out["new_session"]
+    ns["create"] = _pcts(create)
+    ns["first_run"] = _pcts(first)
+    ns["create_plus_first_run"] = _pcts(total)
+    ns["steady_run"] = _pcts(steady)
+    ns["eigen_run_after_switch"] = _pcts(after_switch)
+    ratios = np.asarray(total) / np.asarray(after_switch)
+    ns["ratio_create_plus_first_run_to_switched_run"] = {
+        "p50": float(np.percentile(ratios, 50)),
+        "min": float(ratios.min()),
+        "max": float(ratios.max()),
+        "n": int(ratios.size),
+    }
+    first_ratio = np.asarray(first) / np.asarray(after_switch)
+    ns["ratio_first_run_to_switched_run"] = {
+        "p50": float(np.percentile(first_ratio, 50)),
+        "min": float(first_ratio.min()),
+        "max": float(first_ratio.max()),
+        "n": int(first_ratio.size),
+    }
+
+    # Detail: the switch operation alone, without the run (the runtime's cache lookup is a dict lookup).
+    res: dict[str, list[float]] = {
+        k: [] for k in ("eigen_lookup", "eigen_read_task", "ort_adapter_load", "ort_adapter_activate")
+    }
+    for i in range(repeats):
+        name = bundle_tasks[i % 2]
+        t = time.perf_counter()
+        rt.task(name).feeds()
+        res["eigen_lookup"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        rt.task(load_task(tasks / "eigen" / f"{names[i % len(names)]}.safetensors")).feeds()
+        res["eigen_read_task"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        adapter = ort.LoraAdapter()
+        adapter.Load(str(tasks / "ort_adapter" / f"{names[i % len(names)]}.onnx_adapter"))
+        t1 = time.perf_counter()
+        ro = ort.RunOptions()
+        ro.add_active_adapter(adapter)
+        res["ort_adapter_load"].append(t1 - t)
+        res["ort_adapter_activate"].append(time.perf_counter() - t1)
+    out["detail"] = {k: _pcts(v) for k, v in res.items()}
+    out["pairs"] = pairs
     return out
 
 
@@ -233,8 +343,11 @@ def resident_child(build: Path, tasks: Path, kind: str, n: int, threads: int) ->
         first = rt.task(load_task(next(iter(sorted((tasks / "eigen").glob("*.safetensors"))))))
         rt.session("shared").run(["logits"], {**inputs, **first.feeds()})
     elif kind == "ort_adapter":
-        sess = ort.InferenceSession(str(build / info["files"]["ort_lora"]["fp32"]),
-                                    sess_options=session_options(threads), providers=["CPUExecutionProvider"])  # fmt: skip
+        sess = ort.InferenceSession(
+            str(build / info["files"]["ort_lora"]["fp32"]),
+            sess_options=session_options(threads),
+            providers=["CPUExecutionProvider"],
+        )
         sess.run(["logits"], inputs)
     print("ready0", flush=True)
     sys.stdin.readline()
@@ -276,8 +389,23 @@ def _vmrss_kib(pid: int) -> int:
 
 
 def resident_bytes(build: Path, tasks: Path, kind: str, n: int, threads: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.task_switch", "--child", kind, "--n", str(n), "--build", str(build),
-           "--tasks", str(tasks), "--threads", str(threads), "--out", "-"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.task_switch",
+        "--child",
+        kind,
+        "--n",
+        str(n),
+        "--build",
+        str(build),
+        "--tasks",
+        str(tasks),
+        "--threads",
+        str(threads),
+        "--out",
+        "-",
+    ]
     proc = subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=thread_env(threads)
     )
@@ -296,9 +424,17 @@ def resident_bytes(build: Path, tasks: Path, kind: str, n: int, threads: int) ->
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"resident child {kind} n={n} failed")
     growth = (after - before) * 1024
-    return {"kind": kind, "tasks": n, "rss_before_mib": before / 1024, "rss_after_mib": after / 1024,
-            "rss_growth_bytes": growth, "rss_growth_per_task": growth / n, "payload_bytes": payload["payload_bytes"],
-            "payload_per_task": payload["payload_bytes"] / n, "peak_rss_mib": usage.ru_maxrss / 1024}  # fmt: skip
+    return {
+        "kind": kind,
+        "tasks": n,
+        "rss_before_mib": before / 1024,
+        "rss_after_mib": after / 1024,
+        "rss_growth_bytes": growth,
+        "rss_growth_per_task": growth / n,
+        "payload_bytes": payload["payload_bytes"],
+        "payload_per_task": payload["payload_bytes"] / n,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,13 +462,20 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # 100 sessions of ~90 MB: 9 GB; the 1 and 10 points already show it is linear
             resident.append(resident_bytes(build, tasks, kind, n, cfg["threads"]))
             r = resident[-1]
-            print(f"[switch] resident {kind:15s} n={n:3d}: RSS +{r['rss_growth_per_task'] / 1024:9.1f} KiB/task",
-                  flush=True)  # fmt: skip
-    result = {"config": cfg, "switch": switch, "disk": disk_bytes(tasks, build), "resident": resident,
-              "seconds": time.perf_counter() - start}  # fmt: skip
+            print(
+                f"[switch] resident {kind:15s} n={n:3d}: RSS +{r['rss_growth_per_task'] / 1024:9.1f} KiB/task",
+                flush=True,
+            )
+    result = {
+        "config": cfg,
+        "switch": switch,
+        "disk": disk_bytes(tasks, build),
+        "resident": resident,
+        "seconds": time.perf_counter() - start,
+    }
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "task_switch.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v["p50_ms"] for k, v in switch.items()}, indent=1))
+    print(json.dumps({k: v["delta"]["p50_ms"] for k, v in switch["paired"].items()}, indent=1))
     return 0
 
 

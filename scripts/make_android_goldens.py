@@ -88,7 +88,7 @@ TEXTS: list[tuple[str, int | None]] = [
 
 
 def _bank_dirs(root: Path) -> list[Path]:
-    from tests.helpers import write_peft_adapter
+    from benchmarks.fixtures import write_peft_adapter
 
     modules = [f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")]
     rng = np.random.default_rng(0)
@@ -187,7 +187,9 @@ def _mini_bundle(real: Path, out: Path) -> None:
     writer = bundle.BundleWriter(out)
     for rel in copied:
         writer.write_bytes(rel, (real / rel).read_bytes())
-    settings = replace(manifest.tokenizer, files=tuple(f for f in manifest.tokenizer.files if f in MINI_TOKENIZER_FILES))
+    settings = replace(
+        manifest.tokenizer, files=tuple(f for f in manifest.tokenizer.files if f in MINI_TOKENIZER_FILES)
+    )
     writer.write_manifest(replace(manifest, graphs=(), tokenizer=settings))
     mini = bundle.verify_bundle(out)
     for rel in copied:  # byte-identical to the real bundle's files
@@ -205,7 +207,7 @@ def _token_cases(real: Path) -> dict:
         length = int(max_length or settings.max_length)
         if length not in tokenizers:
             tokenizers[length] = BundleTokenizer(real, settings, max_length=length, on_long="silent")
-        encoding = tokenizers[length]._tok.encode(text)
+        encoding = tokenizers[length].encode_one(text)
         cases.append(
             {"text": text, "max_length": length, "ids": list(encoding.ids), "tokens": list(encoding.tokens)}
         )

@@ -253,7 +253,7 @@ class DeviceRuntime:
 
     def vocab_size(self) -> int | None:
         try:
-            return self.tokenizer._tok.get_vocab_size()
+            return self.tokenizer.vocab_size
         except EdgeEigenLoraError:
             return None
 

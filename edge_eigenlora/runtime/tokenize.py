@@ -8,10 +8,11 @@ Texts longer than the bundle's `max_length` are truncated with a warning (or ref
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -57,6 +58,19 @@ class BundleTokenizer:
         self._tok = Tokenizer.from_file(str(inside_bundle(root, files[0], str(root / MANIFEST))))
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=self.max_length)
+
+    def encode_one(self, text: str) -> Any:
+        """One text's `tokenizers.Encoding` (ids, tokens, offsets), truncated at max_length, unpadded."""
+        return self._tok.encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[Any]:
+        """Each text's `tokenizers.Encoding`, truncated at max_length, unpadded (`overflowing` marks cut texts)."""
+        return self._tok.encode_batch(list(texts))
+
+    @functools.cached_property
+    def vocab_size(self) -> int:
+        """Computed once: the tokenizers library rebuilds the vocabulary on every call (~8 ms for WordPiece)."""
+        return int(self._tok.get_vocab_size())
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, attention_mask), both int64 [batch, longest]."""

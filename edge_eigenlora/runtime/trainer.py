@@ -182,7 +182,7 @@ def _encode_all(tok: Any, texts: list[str], where: str) -> list[Any]:
 
     from edge_eigenlora.runtime.tokenize import TruncationWarning
 
-    encodings = tok._tok.encode_batch(texts)
+    encodings = tok.encode_batch(texts)
     long = [i for i, e in enumerate(encodings) if e.overflowing]
     if long:
         what = where.replace(" labels", " texts")
