@@ -33,15 +33,20 @@ MODULES = [f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("
 
 def ensure_bundle(cache: Path = CACHE) -> tuple[Path, Path]:
     """(bundle dir, basis file): MiniLM with shared + train_step graphs; built once (about 2-3 minutes)."""
+    from edge_eigenlora import bundle
+
     bundle_dir, basis_path = cache / "bundle", cache / "basis.safetensors"
-    if (bundle_dir / "manifest.json").exists():
-        return bundle_dir, basis_path
+    if (bundle_dir / bundle.MANIFEST).exists():
+        if bundle.read_manifest(bundle_dir).format_version == bundle.FORMAT_VERSION:
+            return bundle_dir, basis_path
+        import shutil
+
+        shutil.rmtree(bundle_dir)  # written by an older version: rebuild in the current format
     from benchmarks.fixtures import write_peft_adapter
     from edge_eigenlora.adapters import load_bank
     from edge_eigenlora.basis import SubspaceConfig, fit_basis, save_basis
     from edge_eigenlora.export import ExportConfig, export_bundle
     from edge_eigenlora.pretrained import load_encoder
-    from edge_eigenlora.train_graph import add_train_step
 
     rng = np.random.default_rng(0)
     dirs = []
@@ -59,10 +64,11 @@ def ensure_bundle(cache: Path = CACHE) -> tuple[Path, Path]:
         import shutil
 
         shutil.rmtree(tmp)
-    config = ExportConfig(rank=8, variants=("shared",), basis_quant="none", max_length=64, ort_format=True)
+    config = ExportConfig(
+        rank=8, variants=("shared",), basis_quant="none", max_length=64, ort_format=True, train_step=True
+    )
     export_bundle("sentence-transformers/all-MiniLM-L6-v2", basis_path, tmp, model=model, tokenizer=tokenizer,
                   config=config)  # fmt: skip
-    add_train_step(tmp, basis_path, model=model, ort_format=True)
     tmp.rename(bundle_dir)
     return bundle_dir, basis_path
 
