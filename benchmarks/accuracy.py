@@ -734,8 +734,11 @@ def init_drift_diagnostics(config: dict[str, Any]) -> list[dict]:
     rows = []
     for name in names:
         record = json.loads((folder / name / "training.json").read_text())
-        init = {k: v.detach().numpy() for k, v in attach_lora(copy.deepcopy(encoder), spec, record["seed"])
-                .state_dict().items() if "lora_A" in k}  # fmt: skip
+        init = {
+            k: v.detach().numpy()
+            for k, v in attach_lora(copy.deepcopy(encoder), spec, record["seed"]).state_dict().items()
+            if "lora_A" in k
+        }
         trained = load_file(str(folder / name / "adapter_model.safetensors"))
         drift, b_over_a = [], []
         for key, a0 in init.items():

@@ -54,8 +54,15 @@ def ensure_bundle(cache: Path = CACHE) -> tuple[Path, Path]:
         mods = {
             m: (rng.standard_normal((8, 384)) * 0.05, rng.standard_normal((384, 8)) * 0.05) for m in MODULES
         }
-        dirs.append(write_peft_adapter(cache / "bank" / f"task{i}", mods, r=8, alpha=16,
-                                       base_model="sentence-transformers/all-MiniLM-L6-v2"))  # fmt: skip
+        dirs.append(
+            write_peft_adapter(
+                cache / "bank" / f"task{i}",
+                mods,
+                r=8,
+                alpha=16,
+                base_model="sentence-transformers/all-MiniLM-L6-v2",
+            )
+        )
     basis = fit_basis(load_bank(dirs), SubspaceConfig(k=16), progress=False)
     save_basis(basis, basis_path)
     model, tokenizer = load_encoder()
@@ -67,8 +74,14 @@ def ensure_bundle(cache: Path = CACHE) -> tuple[Path, Path]:
     config = ExportConfig(
         rank=8, variants=("shared",), basis_quant="none", max_length=64, ort_format=True, train_step=True
     )
-    export_bundle("sentence-transformers/all-MiniLM-L6-v2", basis_path, tmp, model=model, tokenizer=tokenizer,
-                  config=config)  # fmt: skip
+    export_bundle(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        basis_path,
+        tmp,
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+    )
     tmp.rename(bundle_dir)
     return bundle_dir, basis_path
 
@@ -96,15 +109,26 @@ def device_runs(bundle_dir: Path, split: dict, labels: list[str], args: argparse
 
     results = {}
     for name, head_init in (("gradient", "random"), ("gradient_probe_head", "probe")):
-        cfg = DeviceTrainConfig(epochs=100, batch_size=args.batch_size, lr=5e-3, max_steps=args.grad_steps,
-                                eval_every=args.eval_every, patience=100, head_init=head_init)  # fmt: skip
+        cfg = DeviceTrainConfig(
+            epochs=100,
+            batch_size=args.batch_size,
+            lr=5e-3,
+            max_steps=args.grad_steps,
+            eval_every=args.eval_every,
+            patience=100,
+            head_init=head_init,
+        )
         trainer = GradientTrainer(
             rt, name, split["train"], labels, validation=split["val"], config=cfg, log=print
         )
         out = trainer.fit()
-        results[name] = {"test_accuracy": test_acc(bundle_mod.task_feeds(out.task, rt.manifest)),
-                         "best_val": out.best_metric, "steps": out.steps, "seconds": out.seconds,
-                         "forward_equivalents_per_step": 3}  # fmt: skip
+        results[name] = {
+            "test_accuracy": test_acc(bundle_mod.task_feeds(out.task, rt.manifest)),
+            "best_val": out.best_metric,
+            "steps": out.steps,
+            "seconds": out.seconds,
+            "forward_equivalents_per_step": 3,
+        }
         curves[name] = out.history
         print(name, results[name], flush=True)
     zo_hist = []
@@ -112,16 +136,27 @@ def device_runs(bundle_dir: Path, split: dict, labels: list[str], args: argparse
     def on_eval(step: int, params: dict, entry: dict) -> None:
         zo_hist.append({**entry, "test_accuracy": test_acc(params)})
 
-    cfg = ZOConfig(steps=args.zo_steps, batch_size=args.batch_size, lr=args.zo_lr, eps=1e-3,
-                   eval_every=args.eval_every * 5, patience=100, head_init="probe")  # fmt: skip
+    cfg = ZOConfig(
+        steps=args.zo_steps,
+        batch_size=args.batch_size,
+        lr=args.zo_lr,
+        eps=1e-3,
+        eval_every=args.eval_every * 5,
+        patience=100,
+        head_init="probe",
+    )
     zo = ZerothOrderTrainer(
         rt, "zo", split["train"], labels, validation=split["val"], config=cfg, callback=on_eval
     )
     out = zo.fit()
-    results["zeroth_order"] = {"test_accuracy": test_acc(bundle_mod.task_feeds(out.task, rt.manifest)),
-                               "best_val": out.best_metric, "steps": out.steps, "seconds": out.seconds,
-                               "probe_only_test_accuracy": zo_hist[0]["test_accuracy"],
-                               "forward_equivalents_per_step": 2}  # fmt: skip
+    results["zeroth_order"] = {
+        "test_accuracy": test_acc(bundle_mod.task_feeds(out.task, rt.manifest)),
+        "best_val": out.best_metric,
+        "steps": out.steps,
+        "seconds": out.seconds,
+        "probe_only_test_accuracy": zo_hist[0]["test_accuracy"],
+        "forward_equivalents_per_step": 2,
+    }
     curves["zeroth_order"] = zo_hist
     print("zo", results["zeroth_order"], flush=True)
     majority = float(np.bincount(test.labels).max() / len(test))
@@ -162,8 +197,15 @@ def parity(
                 for m in model.modules():
                     if isinstance(m, torch.nn.Dropout):
                         m.p = 0.0
-            cfg = TrainConfig(epochs=args.parity_epochs, batch_size=args.batch_size, lr=5e-3, max_length=64,
-                              patience=100, seed=seed, progress=False)  # fmt: skip
+            cfg = TrainConfig(
+                epochs=args.parity_epochs,
+                batch_size=args.batch_size,
+                lr=5e-3,
+                max_length=64,
+                patience=100,
+                seed=seed,
+                progress=False,
+            )
             t0 = time.perf_counter()
             train_classifier(model, tokenizer, split["train"], split["val"], cfg)
             task = task_from_model(model, "ws", labels=labels)
@@ -176,11 +218,22 @@ def parity(
         cfg = DeviceTrainConfig(
             epochs=args.parity_epochs, batch_size=args.batch_size, lr=5e-3, patience=100, seed=seed
         )
-        trainer = GradientTrainer(rt, "dev", split["train"], labels, validation=split["val"], config=cfg,
-                                  init_task=init_task, log=print)  # fmt: skip
+        trainer = GradientTrainer(
+            rt,
+            "dev",
+            split["train"],
+            labels,
+            validation=split["val"],
+            config=cfg,
+            init_task=init_task,
+            log=print,
+        )
         res = trainer.fit()
-        row["device"] = {"test_accuracy": evaluate(rt, bundle_mod.task_feeds(res.task, rt.manifest), test)["accuracy"],
-                         "seconds": res.seconds, "steps": res.steps}  # fmt: skip
+        row["device"] = {
+            "test_accuracy": evaluate(rt, bundle_mod.task_feeds(res.task, rt.manifest), test)["accuracy"],
+            "seconds": res.seconds,
+            "steps": res.steps,
+        }
         print(seed, "device", row["device"], flush=True)
         out[f"seed{seed}"] = row
     return out
@@ -189,32 +242,52 @@ def parity(
 def write_report(result: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "training.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# On-device training: {result['task']} (real all-MiniLM-L6-v2, onnxruntime 1 thread)", "",
-             f"train/val/test = {result['sizes']}; majority class on test = {result['device']['majority']:.3f}.",
-             "Basis: 16 directions per side fitted on a synthetic 4-adapter bank (rank 8); fp32 basis.", "",
-             "## Gradient (train-step graph) vs forward-only (SPSA/MeZO, inference graph)", "",
-             "| trainer | steps | wall s | best val | test acc |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# On-device training: {result['task']} (real all-MiniLM-L6-v2, onnxruntime 1 thread)",
+        "",
+        f"train/val/test = {result['sizes']}; majority class on test = {result['device']['majority']:.3f}.",
+        "Basis: 16 directions per side fitted on a synthetic 4-adapter bank (rank 8); fp32 basis.",
+        "",
+        "## Gradient (train-step graph) vs forward-only (SPSA/MeZO, inference graph)",
+        "",
+        "| trainer | steps | wall s | best val | test acc |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in result["device"]["results"].items():
         lines.append(
             f"| {name} | {r['steps']} | {r['seconds']:.1f} | {r['best_val']:.3f} | {r['test_accuracy']:.3f} |"
         )
     zo = result["device"]["results"]["zeroth_order"]
-    lines += ["", f"The ridge probe alone (ZO's starting point, forward passes only): test {zo['probe_only_test_accuracy']:.3f}.",
-              "", "Accuracy against steps and wall time (validation; ZO rows also test):", "",
-              "| trainer | step | seconds | val acc | test acc |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"The ridge probe alone (ZO's starting point, forward passes only): test {zo['probe_only_test_accuracy']:.3f}.",
+        "",
+        "Accuracy against steps and wall time (validation; ZO rows also test):",
+        "",
+        "| trainer | step | seconds | val acc | test acc |",
+        "|---|---|---|---|---|",
+    ]
     for name, hist in result["device"]["curves"].items():
         for h in hist:
             if "val_accuracy" in h:
-                lines.append(f"| {name} | {h['step']} | {h['seconds']:.1f} | {h['val_accuracy']:.3f} | "
-                             f"{h.get('test_accuracy', float('nan')):.3f} |")  # fmt: skip
+                lines.append(
+                    f"| {name} | {h['step']} | {h['seconds']:.1f} | {h['val_accuracy']:.3f} | "
+                    f"{h.get('test_accuracy', float('nan')):.3f} |"
+                )
     if "parity" in result:
-        lines += ["", "## Device vs workstation (same data, init, shuffling and budget)", "",
-                  "| seed | workstation (dropout 0.1, its recipe) | workstation (no dropout) | device (ORT, no dropout) |",
-                  "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Device vs workstation (same data, init, shuffling and budget)",
+            "",
+            "| seed | workstation (dropout 0.1, its recipe) | workstation (no dropout) | device (ORT, no dropout) |",
+            "|---|---|---|---|",
+        ]
         for key, row in result["parity"].items():
             if key.startswith("seed"):
-                lines.append(f"| {key[4:]} | {row['workstation_dropout']['test_accuracy']:.3f} | "
-                             f"{row['workstation_no_dropout']['test_accuracy']:.3f} | {row['device']['test_accuracy']:.3f} |")  # fmt: skip
+                lines.append(
+                    f"| {key[4:]} | {row['workstation_dropout']['test_accuracy']:.3f} | "
+                    f"{row['workstation_no_dropout']['test_accuracy']:.3f} | {row['device']['test_accuracy']:.3f} |"
+                )
     (OUT / "training.md").write_text("\n".join(lines) + "\n")
 
 

@@ -89,8 +89,18 @@ def main(argv: list[str] | None = None) -> int:
         child(build, args.child[0], args.child[1], cfg["batch"], cfg["seq"], cfg["threads"], cfg["runs"])
         return 0
     start = time.perf_counter()
-    base = [sys.executable, "-m", "benchmarks.memory_size", "--config", args.config, "--build", str(build),
-            "--out", args.out, "--child"]  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "benchmarks.memory_size",
+        "--config",
+        args.config,
+        "--build",
+        str(build),
+        "--out",
+        args.out,
+        "--child",
+    ]
     env = thread_env(cfg["threads"])
     rows = [{"variant": "baseline", "quant": "-", **measure([*base, "baseline", "-"], env)}]
     for q in cfg["quants"]:

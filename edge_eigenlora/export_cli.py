@@ -135,8 +135,12 @@ def add_export_commands(subparsers: Any) -> None:
     p.add_argument(
         "--kind", choices=["auto", "classification", "causal_lm"], help="graph kind (default auto)"
     )
-    p.add_argument("--variant", action="append", choices=VARIANTS,
-                   help="graph variant to build (repeatable; default shared)")  # fmt: skip
+    p.add_argument(
+        "--variant",
+        action="append",
+        choices=VARIANTS,
+        help="graph variant to build (repeatable; default shared)",
+    )
     p.add_argument("--merged-task", help="task name folded into the 'merged' variant")
     p.add_argument(
         "--basis-quant",
@@ -152,19 +156,34 @@ def add_export_commands(subparsers: Any) -> None:
         "--precision", choices=["fp32", "fp16"], help="fp16 for GPU execution providers (default fp32)"
     )
     p.add_argument("--block-size", type=int, choices=[16, 32, 64, 128], help="4-bit block size (default 32)")
-    p.add_argument("--ort-format", action=argparse.BooleanOptionalAction, default=None,
-                   help="also write .ort files + required-operators config for ORT Mobile")  # fmt: skip
-    p.add_argument("--onnx-adapters", action=argparse.BooleanOptionalAction, default=None,
-                   help="also write tasks as ONNX Runtime .onnx_adapter files")  # fmt: skip
-    p.add_argument("--train-step", action=argparse.BooleanOptionalAction, default=None,
-                   help="also write the train-step graph (loss + gradients) for training on the device")  # fmt: skip
+    p.add_argument(
+        "--ort-format",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also write .ort files + required-operators config for ORT Mobile",
+    )
+    p.add_argument(
+        "--onnx-adapters",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also write tasks as ONNX Runtime .onnx_adapter files",
+    )
+    p.add_argument(
+        "--train-step",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also write the train-step graph (loss + gradients) for training on the device",
+    )
     p.add_argument(
         "--max-length", type=int, help="tokenizer truncation length recorded in the manifest (default 128)"
     )
     p.set_defaults(func=_cmd_export)
 
-    b = subparsers.add_parser("bundle", help="check a bundle, add tasks to it, list its tasks",
-                              description="Work with an existing bundle folder without re-exporting its graphs.")  # fmt: skip
+    b = subparsers.add_parser(
+        "bundle",
+        help="check a bundle, add tasks to it, list its tasks",
+        description="Work with an existing bundle folder without re-exporting its graphs.",
+    )
     bsub = b.add_subparsers(dest="bundle_command", required=True)
     v = bsub.add_parser("verify", help="check the manifest, every file's sha256 and every task")
     v.add_argument("bundle", help="bundle folder")

@@ -96,7 +96,7 @@ def quantize_basis_int8(model: Any) -> Any:
                 [init.name],
                 name=init.name + "_DequantizeLinear",
                 axis=0,
-            )  # fmt: skip
+            )
         )
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
@@ -169,9 +169,13 @@ def quantize_base(model: Any, mode: str, *, block_size: int = 32) -> Any:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save_model(model, str(src))
         quantize_dynamic(
-            src, dst, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
+            src,
+            dst,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
             nodes_to_exclude=exclude,
-        )  # fmt: skip
+        )
         return onnx.load(str(dst))
 
 

@@ -119,11 +119,14 @@ def _tasks(basis, layout, hidden: int, out: Path) -> list[Path]:
             for m in layout.modules
         }
         task = Task(
-            name=name, basis_fingerprint=basis.fingerprint, coefficients=coefficients, labels=labels,
+            name=name,
+            basis_fingerprint=basis.fingerprint,
+            coefficients=coefficients,
+            labels=labels,
             head_weight=(rng.standard_normal((len(labels), hidden)) * 0.1).astype(np.float32),
             head_bias=(rng.standard_normal(len(labels)) * 0.1).astype(np.float32),
             info={"source": "scripts/make_android_goldens.py (seeded random coefficients)"},
-        )  # fmt: skip
+        )
         paths.append(save_task(task, out / f"{name}.safetensors"))
     return paths
 
@@ -211,8 +214,11 @@ def _token_cases(real: Path) -> dict:
         cases.append(
             {"text": text, "max_length": length, "ids": list(encoding.ids), "tokens": list(encoding.tokens)}
         )
-    return {"source": "edge_eigenlora.runtime.tokenize.BundleTokenizer (tokenizer/tokenizer.json)",
-            "default_max_length": int(settings.max_length), "cases": cases}  # fmt: skip
+    return {
+        "source": "edge_eigenlora.runtime.tokenize.BundleTokenizer (tokenizer/tokenizer.json)",
+        "default_max_length": int(settings.max_length),
+        "cases": cases,
+    }
 
 
 def _adamw(real: Path, out: Path) -> dict:
@@ -222,8 +228,11 @@ def _adamw(real: Path, out: Path) -> dict:
 
     runtime = DeviceRuntime(real, options=RuntimeOptions(threads=1), verify=False)
     task = runtime.task("sentiment")
-    params = {"coefficients": task.coefficients.copy(), "head_weight": task.head_weight.copy(),
-              "head_bias": task.head_bias.copy()}  # fmt: skip
+    params = {
+        "coefficients": task.coefficients.copy(),
+        "head_weight": task.head_weight.copy(),
+        "head_bias": task.head_bias.copy(),
+    }
     texts = [
         "What a wonderful film.",
         "Dull and far too long.",
@@ -242,8 +251,11 @@ def _adamw(real: Path, out: Path) -> dict:
         result = runtime.train_step(
             ids, mask, labels, params["coefficients"], params["head_weight"], params["head_bias"]
         )
-        grads = {"coefficients": result["grad_coefficients"], "head_weight": result["grad_head_weight"],
-                 "head_bias": result["grad_head_bias"]}  # fmt: skip
+        grads = {
+            "coefficients": result["grad_coefficients"],
+            "head_weight": result["grad_head_weight"],
+            "head_bias": result["grad_head_bias"],
+        }
         losses.append(float(result["loss"]))
         for name in order:
             _write_f32(out / f"adamw_grad{step}_{name}.bin", grads[name])
@@ -254,11 +266,17 @@ def _adamw(real: Path, out: Path) -> dict:
         _write_f32(out / f"adamw_v3_{name}.bin", opt.v[name])
     return {
         "optimizer": "edge_eigenlora.runtime.optim.AdamW (float32 numpy, torch.optim.AdamW's update)",
-        "lrs": lrs, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01, "steps": 3,
-        "params": {n: list(params[n].shape) for n in order}, "losses": losses,
-        "texts": texts, "labels": labels.tolist(),
+        "lrs": lrs,
+        "betas": [0.9, 0.999],
+        "eps": 1e-8,
+        "weight_decay": 0.01,
+        "steps": 3,
+        "params": {n: list(params[n].shape) for n in order},
+        "losses": losses,
+        "texts": texts,
+        "labels": labels.tolist(),
         "files": "adamw_param0_<p>.bin, adamw_grad<step>_<p>.bin (step 1..3), adamw_{param3,m3,v3}_<p>.bin",
-    }  # fmt: skip
+    }
 
 
 def write_goldens(real: Path, out: Path) -> None:

@@ -5,8 +5,10 @@ from benchmarks.report import cli_default_method
 
 
 def _config(methods, held_out):
-    return {"grid": [{"regimes": ["low"], "bank_sizes": [4], "seeds": [0], "methods": methods}],
-            "held_out": held_out}  # fmt: skip
+    return {
+        "grid": [{"regimes": ["low"], "bank_sizes": [4], "seeds": [0], "methods": methods}],
+        "held_out": held_out,
+    }
 
 
 def test_family_adapters_are_trained_only_when_a_family_method_needs_them():
@@ -23,4 +25,9 @@ def test_family_adapters_are_trained_only_when_a_family_method_needs_them():
 def test_the_cli_default_is_a_method_the_grid_understands():
     method = accuracy.parse_method(cli_default_method())
     assert (method.kind, method.subspace, method.k, method.augment, method.init) == (
-        "eigen", "gauge_free", 32, 0, "bank")  # fmt: skip
+        "eigen",
+        "gauge_free",
+        32,
+        0,
+        "bank",
+    )

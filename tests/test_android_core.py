@@ -60,8 +60,13 @@ def test_golden_bundle_verifies_in_python_and_packs_to_the_golden_vectors():
 def test_golden_token_ids_match_an_independent_wordpiece_build():
     from tokenizers import BertWordPieceTokenizer
 
-    tok = BertWordPieceTokenizer(str(GOLDEN / "bundle" / "tokenizer" / "vocab.txt"), lowercase=True, strip_accents=None,
-                                 clean_text=True, handle_chinese_chars=True)  # fmt: skip
+    tok = BertWordPieceTokenizer(
+        str(GOLDEN / "bundle" / "tokenizer" / "vocab.txt"),
+        lowercase=True,
+        strip_accents=None,
+        clean_text=True,
+        handle_chinese_chars=True,
+    )
     cases = json.loads((GOLDEN / "tokenizer_cases.json").read_text())["cases"]
     assert len(cases) >= 20
     for case in cases:
@@ -125,7 +130,17 @@ def test_kotlin_core_passes_its_junit_tests(tmp_path):
 @pytest.mark.real_model
 def test_goldens_regenerate_from_a_fresh_export():
     """Exports a new real bundle (~2.5 min on 2 cores), rebuilds the goldens from it and compares them."""
-    result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "make_android_goldens.py"), "--check", "--fresh"],
-                            capture_output=True, text=True, timeout=1200, check=False)  # fmt: skip
+    result = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "python"),
+            str(ROOT / "scripts" / "make_android_goldens.py"),
+            "--check",
+            "--fresh",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "goldens match" in result.stdout

@@ -69,8 +69,11 @@ def workload(bundle: Path, out: Path) -> dict:
     t["switch_us"] = switch_cost_us(rt, ["sentiment", "topic"], repeats=200)
 
     loaded = rt.task("sentiment")
-    params = {"coefficients": loaded.coefficients.copy(), "head_weight": loaded.head_weight.copy(),
-              "head_bias": loaded.head_bias.copy()}  # fmt: skip
+    params = {
+        "coefficients": loaded.coefficients.copy(),
+        "head_weight": loaded.head_weight.copy(),
+        "head_bias": loaded.head_bias.copy(),
+    }
     opt = AdamW(lrs={"coefficients": 1e-2, "head_weight": 5e-2, "head_bias": 5e-2})
     ids, mask = rt.encode(TEXTS)
     start = time.perf_counter()
@@ -88,14 +91,25 @@ def workload(bundle: Path, out: Path) -> dict:
         log(f"train step {step + 1}: loss {losses[-1]:.4f} in {step_times[-1]:.2f} s")
         if step == 0:
             arrays.update(grad_coefficients=r["grad_coefficients"], grad_head_weight=r["grad_head_weight"])
-        opt.step(params, {"coefficients": r["grad_coefficients"], "head_weight": r["grad_head_weight"],
-                          "head_bias": r["grad_head_bias"]})  # fmt: skip
+        opt.step(
+            params,
+            {
+                "coefficients": r["grad_coefficients"],
+                "head_weight": r["grad_head_weight"],
+                "head_bias": r["grad_head_bias"],
+            },
+        )
     t["train_step_s"] = float(np.median(step_times))
     arrays["losses"] = np.array(losses)
     arrays.update({f"final_{k}": v for k, v in params.items()})
     np.savez(out / "outputs.npz", **arrays)
-    info = {"machine": platform.machine(), "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-            "timings": t, "losses": losses}  # fmt: skip
+    info = {
+        "machine": platform.machine(),
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "timings": t,
+        "losses": losses,
+    }
     (out / "info.json").write_text(json.dumps(info, indent=1))
     return info
 
@@ -130,9 +144,14 @@ def _arm64_command(out: Path, bundle: Path) -> tuple[list[str], dict]:
         str(bundle),
         str(out),
     ]
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": f"{site}:{ROOT}", "HOME": str(Path.home()),
-           "QEMU_CPU": os.environ.get("EDGE_ARM64_CPU", ARM64_CPU),
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": f"{site}:{ROOT}",
+        "HOME": str(Path.home()),
+        "QEMU_CPU": os.environ.get("EDGE_ARM64_CPU", ARM64_CPU),
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
     return cmd, env
 
 
@@ -145,8 +164,13 @@ def test_arm64_runtime_equals_x86(tmp_path):
     from make_android_goldens import DEFAULT_BUNDLE, build_bundle
 
     bundle = build_bundle(Path(os.environ.get("EDGE_EIGENLORA_ANDROID_BUNDLE", DEFAULT_BUNDLE)))
-    x86 = subprocess.run([sys.executable, __file__, str(bundle), str(tmp_path / "x86")], capture_output=True, text=True,
-                         timeout=600, check=False)  # fmt: skip
+    x86 = subprocess.run(
+        [sys.executable, __file__, str(bundle), str(tmp_path / "x86")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert x86.returncode == 0, x86.stderr[-3000:]
     cmd, env = _arm64_command(tmp_path / "arm64", bundle)
     start = time.perf_counter()

@@ -46,9 +46,14 @@ def tiny_bert(tmp_path_factory, minilm):
     _, tokenizer = minilm
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128, attn_implementation="eager",
-    )  # fmt: skip
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        attn_implementation="eager",
+    )
     model = BertModel(config).eval()
     folder = tmp_path_factory.mktemp("tiny_bert")
     model.save_pretrained(folder)
@@ -84,9 +89,12 @@ def setup(tmp_path_factory, tiny_bert):
             task_from_model(clf, f"t{i}", labels=[str(j) for j in range(labels)]), root / f"t{i}.safetensors"
         )
     out = export_bundle(
-        folder, basis_path, root / "bundle", tasks=[tasks["t0"]],
+        folder,
+        basis_path,
+        root / "bundle",
+        tasks=[tasks["t0"]],
         config=ExportConfig(rank=RANK, variants=("shared", "per_row"), basis_quant="none", max_length=32),
-    )  # fmt: skip
+    )
     return {
         "model": model,
         "tokenizer": tokenizer,
@@ -399,8 +407,20 @@ def test_cli_verify_list_add_task_and_derive(setup, tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert [r["name"] for r in rows] == ["second", "t0"]
     out = tmp_path / "phone"
-    code = main(["export", "--from-bundle", str(b), "--out", str(out), "--recipe", str(RECIPES / "phone.json"),
-                 "--rank", "4", "--no-ort-format"])  # fmt: skip
+    code = main(
+        [
+            "export",
+            "--from-bundle",
+            str(b),
+            "--out",
+            str(out),
+            "--recipe",
+            str(RECIPES / "phone.json"),
+            "--rank",
+            "4",
+            "--no-ort-format",
+        ]
+    )
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["target"] == "phone" and manifest["graphs"][0]["quantization"]["base"] == "int8"
@@ -461,8 +481,15 @@ def test_cli_add_task_whose_labels_do_not_match_its_head_is_refused(setup, tmp_p
         for s, a in zip(("alpha_A", "alpha_B"), pair, strict=True)
     }
     tensors.update({"head.weight": task.head_weight, "head.bias": task.head_bias})
-    meta = {"format": "edge-eigenlora-task", "format_version": "1", "name": "bad", "kind": "classification",
-            "basis_fingerprint": task.basis_fingerprint, "labels": json.dumps(task.labels), "info": "{}"}  # fmt: skip
+    meta = {
+        "format": "edge-eigenlora-task",
+        "format_version": "1",
+        "name": "bad",
+        "kind": "classification",
+        "basis_fingerprint": task.basis_fingerprint,
+        "labels": json.dumps(task.labels),
+        "info": "{}",
+    }
     bad = tmp_path / "bad.safetensors"
     save_safetensors_atomic(bad, tensors, meta)
     before = _snapshot(b)
@@ -513,8 +540,19 @@ def test_cli_export_into_a_folder_with_other_files_is_refused(setup, tmp_path, c
     out = tmp_path / "mine"
     out.mkdir()
     (out / "private.txt").write_text("my notes")
-    code = main(["export", "--from-bundle", str(setup["bundle"]), "--out", str(out), "--rank", str(RANK),
-                 "--basis-quant", "none"])  # fmt: skip
+    code = main(
+        [
+            "export",
+            "--from-bundle",
+            str(setup["bundle"]),
+            "--out",
+            str(out),
+            "--rank",
+            str(RANK),
+            "--basis-quant",
+            "none",
+        ]
+    )
     assert code == 2
     assert "is not empty; choose a new or empty folder (--out)" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["private.txt"]

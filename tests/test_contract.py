@@ -292,8 +292,13 @@ def test_no_import_cycle_among_library_modules_counting_function_level_imports()
 
 
 def test_every_public_module_declares_its_api():
-    missing = [name for name, path in _modules().items() if not name.split(".")[-1].startswith("_")
-               and name != "edge_eigenlora" and "__all__" not in path.read_text()]  # fmt: skip
+    missing = [
+        name
+        for name, path in _modules().items()
+        if not name.split(".")[-1].startswith("_")
+        and name != "edge_eigenlora"
+        and "__all__" not in path.read_text()
+    ]
     assert not missing, missing
 
 
@@ -401,8 +406,11 @@ def test_attach_basis_validates_every_module_before_changing_the_model():
     from edge_eigenlora.basis import Basis, ModuleBasis, SubspaceConfig
     from edge_eigenlora.model import attach_basis, eigenlora_layers
 
-    model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=32)).eval()  # fmt: skip
+    model = BertModel(
+        BertConfig(
+            vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+        )
+    ).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     rng = np.random.default_rng(0)

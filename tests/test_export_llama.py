@@ -30,9 +30,15 @@ def llama(tmp_path_factory, minilm):
     _, tokenizer = minilm  # a real WordPiece vocabulary
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, attn_implementation="eager",
-    )  # fmt: skip
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        attn_implementation="eager",
+    )
     model = LlamaForCausalLM(config).eval()
     root = tmp_path_factory.mktemp("llama_export")
     model.save_pretrained(root / "model")
@@ -52,9 +58,14 @@ def llama(tmp_path_factory, minilm):
             logits[f"lm{i}"] = attached(**batch).logits.numpy()
         tasks[f"lm{i}"] = save_task(task_from_model(attached, f"lm{i}"), root / f"lm{i}.safetensors")
     fp32 = export_bundle(
-        root / "model", basis_path, root / "fp32", tasks=list(tasks.values()),
-        config=ExportConfig(rank=RANK, variants=("shared", "per_row", "merged"), basis_quant="none", merged_task="lm1"),
-    )  # fmt: skip
+        root / "model",
+        basis_path,
+        root / "fp32",
+        tasks=list(tasks.values()),
+        config=ExportConfig(
+            rank=RANK, variants=("shared", "per_row", "merged"), basis_quant="none", merged_task="lm1"
+        ),
+    )
     mobile = derive_bundle(  # no second torch export: quantize the fp32 bundle's graph
         fp32,
         root / "mobile",

@@ -62,8 +62,15 @@ def exported(tmp_path_factory, minilm, minilm_bank_dirs):
     config = ExportConfig(
         rank=RANK, variants=("shared", "per_row", "merged"), basis_quant="none", merged_task="t0"
     )
-    out = export_bundle("sentence-transformers/all-MiniLM-L6-v2", basis_path, root / "bundle", config=config,
-                        tasks=list(paths.values()), model=encoder, tokenizer=tokenizer)  # fmt: skip
+    out = export_bundle(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        basis_path,
+        root / "bundle",
+        config=config,
+        tasks=list(paths.values()),
+        model=encoder,
+        tokenizer=tokenizer,
+    )
     manifest = bundle.verify_bundle(out)
     enc = tokenizer(TEXTS, padding=True, return_tensors="np")
     ids = {
@@ -71,8 +78,17 @@ def exported(tmp_path_factory, minilm, minilm_bank_dirs):
         "attention_mask": enc["attention_mask"].astype(np.int64),
     }
     feeds = {n: bundle.task_feeds(bundle.load_bundle_task(manifest, n), manifest) for n in paths}
-    return {"dir": out, "manifest": manifest, "ids": ids, "feeds": feeds, "torch": torch_logits, "basis": basis,
-            "encoder": encoder, "tokenizer": tokenizer, "root": root}  # fmt: skip
+    return {
+        "dir": out,
+        "manifest": manifest,
+        "ids": ids,
+        "feeds": feeds,
+        "torch": torch_logits,
+        "basis": basis,
+        "encoder": encoder,
+        "tokenizer": tokenizer,
+        "root": root,
+    }
 
 
 def test_fp32_graph_equals_torch_and_swaps_tasks_in_one_session(exported):

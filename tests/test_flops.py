@@ -40,18 +40,24 @@ def _tiny_graph() -> onnx.ModelProto:
             N=N4,
             bits=4,
             block_size=32,
-        ),  # fmt: skip
+        ),
         helper.make_node("Einsum", ["h", "h"], ["gram"], name="einsum", equation="bsi,bsj->bij"),  # B S 6 6
         helper.make_node("ReduceMean", ["h", "axis1"], ["pooled"], keepdims=0),
         helper.make_node("Gemm", ["pooled", "Hw"], ["logits"], name="head", transB=1),  # B 6 3
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", D_IN]),
-         helper.make_tensor_value_info("alpha_t", TensorProto.FLOAT, [R, K])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("logits", "xa", "scores", "q4", "gram")],
+        nodes,
+        "tiny",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", D_IN]),
+            helper.make_tensor_value_info("alpha_t", TensorProto.FLOAT, [R, K]),
+        ],
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+            for n in ("logits", "xa", "scores", "q4", "gram")
+        ],
         inits,
-    )  # fmt: skip
+    )
     return helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
     )

@@ -58,9 +58,10 @@ SCALARS = st.one_of(
     st.text(max_size=6),
 )
 JSON_VALUES = st.recursive(
-    SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=4,
-)  # fmt: skip
+)
 PATTERN_KEYS = st.one_of(
     st.sampled_from(["value", "query", "self.value", ".*", "(", "a)|(b", "(?i)value", "[", "layer.0", "\\"]),
     st.text(max_size=5),
@@ -98,9 +99,17 @@ DTYPES = st.sampled_from(
 SHAPES = st.one_of(st.lists(st.integers(0, 9), max_size=3), JSON_VALUES)
 OFFSETS = st.one_of(st.lists(st.integers(-2, 300), min_size=2, max_size=2), JSON_VALUES)
 TENSOR_NAMES = st.sampled_from(
-    [f"base_model.model.{Q}.lora_A.weight", f"base_model.model.{Q}.lora_B.weight", f"{V}.lora_A.weight",
-     f"{V}.lora_B.weight", "head.weight", "x.lora_embedding_A", "__metadata__", ""]
-)  # fmt: skip
+    [
+        f"base_model.model.{Q}.lora_A.weight",
+        f"base_model.model.{Q}.lora_B.weight",
+        f"{V}.lora_A.weight",
+        f"{V}.lora_B.weight",
+        "head.weight",
+        "x.lora_embedding_A",
+        "__metadata__",
+        "",
+    ]
+)
 
 
 @st.composite
@@ -142,17 +151,27 @@ def _make_files(root: Path) -> dict:
     rng = np.random.default_rng(0)
     mods = {m: (rng.standard_normal((4, 8)), rng.standard_normal((8, 4))) for m in (Q, V)}
     adapters = [write_peft_adapter(root / f"a{i}", mods, r=4, alpha=8) for i in range(2)]
-    bank = [write_peft_adapter(root / f"bank{i}", {m: (rng.standard_normal((4, 8)), rng.standard_normal((8, 4)))
-            for m in (Q, V)}, r=4, alpha=8) for i in range(2)]  # fmt: skip
+    bank = [
+        write_peft_adapter(
+            root / f"bank{i}",
+            {m: (rng.standard_normal((4, 8)), rng.standard_normal((8, 4))) for m in (Q, V)},
+            r=4,
+            alpha=8,
+        )
+        for i in range(2)
+    ]
     from edge_eigenlora.adapters import load_bank
 
     basis = fit_basis(load_bank(bank), SubspaceConfig(k=4), progress=False)
     basis_path = save_basis(basis, root / "basis.safetensors")
     task = Task(
-        name="t", basis_fingerprint=basis.fingerprint,
+        name="t",
+        basis_fingerprint=basis.fingerprint,
         coefficients={m: (rng.standard_normal((4, 2)).astype(np.float32),) * 2 for m in (Q, V)},
-        labels=["a", "b"], head_weight=np.ones((2, 8), np.float32), head_bias=np.zeros(2, np.float32),
-    )  # fmt: skip
+        labels=["a", "b"],
+        head_weight=np.ones((2, 8), np.float32),
+        head_bias=np.zeros(2, np.float32),
+    )
     task_path = save_task(task, root / "task.safetensors")
     return {
         "root": root,
@@ -170,9 +189,24 @@ def _make_files(root: Path) -> dict:
 @st.composite
 def adapter_configs(draw) -> bytes:
     config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": "tiny/base"}
-    for key in draw(st.lists(st.sampled_from(["peft_type", "r", "lora_alpha", "use_rslora", "use_dora",
-                                              "base_model_name_or_path", "rank_pattern", "alpha_pattern"]),
-                             max_size=4, unique=True)):  # fmt: skip
+    for key in draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "peft_type",
+                    "r",
+                    "lora_alpha",
+                    "use_rslora",
+                    "use_dora",
+                    "base_model_name_or_path",
+                    "rank_pattern",
+                    "alpha_pattern",
+                ]
+            ),
+            max_size=4,
+            unique=True,
+        )
+    ):
         if key in ("rank_pattern", "alpha_pattern") and draw(st.booleans()):
             config[key] = draw(st.dictionaries(PATTERN_KEYS, JSON_VALUES, max_size=3))
         elif draw(st.booleans()):
@@ -213,8 +247,15 @@ def test_fuzz_adapter_safetensors(files, data):
 def task_files(draw, original: bytes, fingerprint: str) -> bytes:
     if draw(st.booleans()):
         return draw(_bytes_mutations(original))
-    meta = {"format": "edge-eigenlora-task", "format_version": "1", "name": "t", "basis_fingerprint": fingerprint,
-            "kind": "classification", "labels": '["a", "b"]', "info": "{}"}  # fmt: skip
+    meta = {
+        "format": "edge-eigenlora-task",
+        "format_version": "1",
+        "name": "t",
+        "basis_fingerprint": fingerprint,
+        "kind": "classification",
+        "labels": '["a", "b"]',
+        "info": "{}",
+    }
     for key in draw(st.lists(st.sampled_from(sorted(meta)), max_size=3, unique=True)):
         if draw(st.booleans()):
             del meta[key]
@@ -302,8 +343,12 @@ def labelled_files(draw) -> tuple[str, bytes]:
         return suffix, draw(st.binary(max_size=200))
     rows = draw(st.lists(st.tuples(CELLS, CELLS | JSON_VALUES), max_size=6))
     if suffix == ".jsonl":
-        lines = [json.dumps({"text": t, "label": label}, allow_nan=True) if draw(st.booleans())
-                 else json.dumps(draw(JSON_VALUES), allow_nan=True) for t, label in rows]  # fmt: skip
+        lines = [
+            json.dumps({"text": t, "label": label}, allow_nan=True)
+            if draw(st.booleans())
+            else json.dumps(draw(JSON_VALUES), allow_nan=True)
+            for t, label in rows
+        ]
     else:
         sep = "\t" if suffix == ".tsv" else ","
         header = draw(st.sampled_from([f"text{sep}label", f"label{sep}text", "text", f"x{sep}y", ""]))

@@ -99,8 +99,14 @@ def test_bfloat16_and_float16_adapters_are_read_as_float32_without_torch(tmp_pat
         f"a = read_adapter({str(tmp_path / 'bf16')!r})\n"
         f"print(float(a.modules[{Q!r}].A.sum()))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) == pytest.approx(float(expected["bf16", Q][0].sum()), rel=1e-6)
 
@@ -126,19 +132,40 @@ def test_int8_lora_factors_are_refused_naming_the_tensor(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"lora_alpha": float("nan")}, r"field 'lora_alpha' must be a positive, finite number \(LoRA's alpha\), found nan"),
-        ({"lora_alpha": float("inf")}, r"field 'lora_alpha' must be a positive, finite number \(LoRA's alpha\), found inf"),
+        (
+            {"lora_alpha": float("nan")},
+            r"field 'lora_alpha' must be a positive, finite number \(LoRA's alpha\), found nan",
+        ),
+        (
+            {"lora_alpha": float("inf")},
+            r"field 'lora_alpha' must be a positive, finite number \(LoRA's alpha\), found inf",
+        ),
         ({"lora_alpha": float("-inf")}, r"field 'lora_alpha' must be a positive, finite number .*found -inf"),
-        ({"alpha_pattern": {"value": "abc"}}, r"field alpha_pattern\['value'\] must be a positive, finite number .*found 'abc'"),
-        ({"alpha_pattern": {"value": -2}}, r"field alpha_pattern\['value'\] must be a positive, finite number .*found -2"),
+        (
+            {"alpha_pattern": {"value": "abc"}},
+            r"field alpha_pattern\['value'\] must be a positive, finite number .*found 'abc'",
+        ),
+        (
+            {"alpha_pattern": {"value": -2}},
+            r"field alpha_pattern\['value'\] must be a positive, finite number .*found -2",
+        ),
         ({"r": 8.5}, r"field 'r' must be a positive whole number \(the LoRA rank\), found 8.5"),
-        ({"rank_pattern": {"query": 0}}, r"field rank_pattern\['query'\] must be a positive whole number .*found 0"),
-        ({"use_rslora": "false"}, r"field 'use_rslora' must be true or false \(a JSON boolean\), found 'false'"),
+        (
+            {"rank_pattern": {"query": 0}},
+            r"field rank_pattern\['query'\] must be a positive whole number .*found 0",
+        ),
+        (
+            {"use_rslora": "false"},
+            r"field 'use_rslora' must be true or false \(a JSON boolean\), found 'false'",
+        ),
         ({"use_dora": "no"}, r"field 'use_dora' must be true or false"),
-        ({"alpha_pattern": {"(value": 4}}, r"field alpha_pattern has the key '\(value', which is not a valid module pattern"),
+        (
+            {"alpha_pattern": {"(value": 4}},
+            r"field alpha_pattern has the key '\(value', which is not a valid module pattern",
+        ),
         ({"base_model_name_or_path": 7}, r"field 'base_model_name_or_path' must be a string"),
     ],
-)  # fmt: skip
+)
 def test_bad_adapter_config_fields_are_refused_with_file_field_and_fix(tmp_path, capsys, config, message):
     import re
 
@@ -294,13 +321,22 @@ def _csv(path: Path, n=12) -> Path:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--max-steps", "0"], "TrainConfig.max_steps must be >= 1 (or None for no limit), got 0 (--max-steps)"),
-        (["--validation-fraction", "1"], "validation fraction (--validation-fraction) must be above 0 and below 1, got 1.0"),
-        (["--validation-fraction", "0"], "validation fraction (--validation-fraction) must be above 0 and below 1, got 0.0"),
+        (
+            ["--max-steps", "0"],
+            "TrainConfig.max_steps must be >= 1 (or None for no limit), got 0 (--max-steps)",
+        ),
+        (
+            ["--validation-fraction", "1"],
+            "validation fraction (--validation-fraction) must be above 0 and below 1, got 1.0",
+        ),
+        (
+            ["--validation-fraction", "0"],
+            "validation fraction (--validation-fraction) must be above 0 and below 1, got 0.0",
+        ),
         (["--rank", "13"], "rank 13 (--rank) must be between 1 and the basis' number of directions K+P = 12"),
         (["--lr", "0"], "learning rates must be > 0"),
     ],
-)  # fmt: skip
+)
 def test_workstation_train_refuses_settings_that_cannot_train(tmp_path, bank_dir, capsys, flags, message):
     basis = tmp_path / "basis.safetensors"
     assert run_cli(capsys, ["fit", bank_dir, "--out", basis, "--k", "12"])[0] == 0
@@ -495,8 +531,11 @@ def test_device_train_refuses_a_symlinked_or_foreign_checkpoint(device_bundle, t
     before = snapshot(tmp_path)
     for path, message in (
         (link, "is inside the bundle"),
-        (foreign, f"--checkpoint {foreign} exists and is not a device training checkpoint (format 'edge-eigenlora-task')"),
-    ):  # fmt: skip
+        (
+            foreign,
+            f"--checkpoint {foreign} exists and is not a device training checkpoint (format 'edge-eigenlora-task')",
+        ),
+    ):
         argv = ["train", bundle, "--name", "new", "--train-file", data, "--checkpoint", path, "--no-resume"]
         code, _, err = run_cli(capsys, argv, True)
         assert code == 2 and message in err, err
@@ -511,8 +550,15 @@ def _checkpoint(bundle: Path, data: Path, lr: float = 5e-3) -> Path:
     examples = read_labelled_file(data)
     path = bundle / ".checkpoints" / "new.safetensors"
     config = DeviceTrainConfig(batch_size=16, lr=lr, max_steps=1, checkpoint_every=1)
-    GradientTrainer(DeviceRuntime(bundle), "new", (examples.texts, examples.labels), examples.label_names,
-                    config=config, checkpoint=path, log=lambda m: None).fit()  # fmt: skip
+    GradientTrainer(
+        DeviceRuntime(bundle),
+        "new",
+        (examples.texts, examples.labels),
+        examples.label_names,
+        config=config,
+        checkpoint=path,
+        log=lambda m: None,
+    ).fit()
     assert path.is_file()
     return path
 
@@ -542,8 +588,19 @@ def test_resuming_after_the_learning_rate_changed_is_refused(device_bundle, tmp_
     assert "the checkpoint was trained with lr=0.005; this run asks for lr=0.01." in err
     assert "resume with the old value (--lr / --head-lr), or pass --no-resume" in err
     assert snapshot(bundle) == before
-    argv = ["train", bundle, "--name", "new", "--train-file", data, "--max-steps", "2", "--no-add",
-            "--out", tmp_path / "new.safetensors"]  # fmt: skip
+    argv = [
+        "train",
+        bundle,
+        "--name",
+        "new",
+        "--train-file",
+        data,
+        "--max-steps",
+        "2",
+        "--no-add",
+        "--out",
+        tmp_path / "new.safetensors",
+    ]
     code, out, _ = run_cli(capsys, argv, True)
     assert code == 0 and json.loads(out)["resumed_from"] == 1
 
@@ -556,12 +613,18 @@ def test_device_run_refuses_bad_max_length_and_empty_or_binary_texts(device_bund
     latin = tmp_path / "l.txt"
     latin.write_bytes("ok\ncafé\n".encode("latin-1"))
     cases = [
-        (["--text", "hi", "--max-length", "0"], "--max-length must be between 2 (the [CLS] and [SEP] tokens) and 8192, got 0"),
-        (["--text", "hi", "--max-length", "100"], "--max-length 100 is more than this bundle's model accepts: its graph fails on 100 positions"),
+        (
+            ["--text", "hi", "--max-length", "0"],
+            "--max-length must be between 2 (the [CLS] and [SEP] tokens) and 8192, got 0",
+        ),
+        (
+            ["--text", "hi", "--max-length", "100"],
+            "--max-length 100 is more than this bundle's model accepts: its graph fails on 100 positions",
+        ),
         (["--text", "hi", "--text", "  "], "--text number 2 is empty; give the text to classify."),
         (["--file", binary], f"{binary}: this is a binary file (a NUL byte at offset 5), not UTF-8 text."),
         (["--file", latin], f"{latin}:2: not UTF-8 text (byte 0xe9 at offset 6). Save the file as UTF-8."),
-    ]  # fmt: skip
+    ]
     for flags, message in cases:
         code, out, err = run_cli(capsys, run + flags, True)
         assert code == 2 and message in err and out == "", (flags, err)
@@ -581,8 +644,21 @@ def test_device_run_reads_a_csv_with_a_bom(device_bundle, tmp_path, capsys):
 
 def test_device_json_output_has_no_infinity(device_bundle, tmp_path, capsys):
     bundle, data = device_bundle
-    argv = ["train", bundle, "--name", "j", "--train-file", data, "--validation-fraction", "0", "--max-steps", "2",
-            "--no-add", "--out", tmp_path / "j.safetensors"]  # fmt: skip
+    argv = [
+        "train",
+        bundle,
+        "--name",
+        "j",
+        "--train-file",
+        data,
+        "--validation-fraction",
+        "0",
+        "--max-steps",
+        "2",
+        "--no-add",
+        "--out",
+        tmp_path / "j.safetensors",
+    ]
     code, out, _ = run_cli(capsys, argv, True)
     assert code == 0 and "Infinity" not in out and "NaN" not in out
 
@@ -608,10 +684,15 @@ def test_device_train_does_not_overwrite_a_task_or_a_file(device_bundle, tmp_pat
     (tmp_path / "kept.safetensors").write_bytes(b"mine")
     before = snapshot(tmp_path)
     for argv, message in (
-        (["--name", "t0"], f"task 't0' already exists in {bundle}; choose another --name or pass --overwrite."),
-        (["--name", "n", "--out", tmp_path / "kept.safetensors"],
-         f"task file {tmp_path / 'kept.safetensors'} already exists; choose another --out or pass --overwrite"),
-    ):  # fmt: skip
+        (
+            ["--name", "t0"],
+            f"task 't0' already exists in {bundle}; choose another --name or pass --overwrite.",
+        ),
+        (
+            ["--name", "n", "--out", tmp_path / "kept.safetensors"],
+            f"task file {tmp_path / 'kept.safetensors'} already exists; choose another --out or pass --overwrite",
+        ),
+    ):
         code, _, err = run_cli(capsys, ["train", bundle, "--train-file", data, *argv], True)
         assert code == 2 and message in err, err
     assert snapshot(tmp_path) == before
@@ -620,17 +701,33 @@ def test_device_train_does_not_overwrite_a_task_or_a_file(device_bundle, tmp_pat
 @pytest.mark.parametrize(
     ("module", "argv", "message"),
     [
-        ("edge_eigenlora.runtime", ["run", "{bundle}", "--task", "t0", "--text", ""], "error: --text number 1 is empty"),
-        ("edge_eigenlora.runtime", ["run", "{bundle}", "--task", "t0", "--file", "{bundle}"], "error: text file"),
-        ("edge_eigenlora.cli", ["inspect", "{bundle}/tasks/t0.safetensors"], "edge-eigenlora inspect: error: "),
+        (
+            "edge_eigenlora.runtime",
+            ["run", "{bundle}", "--task", "t0", "--text", ""],
+            "error: --text number 1 is empty",
+        ),
+        (
+            "edge_eigenlora.runtime",
+            ["run", "{bundle}", "--task", "t0", "--file", "{bundle}"],
+            "error: text file",
+        ),
+        (
+            "edge_eigenlora.cli",
+            ["inspect", "{bundle}/tasks/t0.safetensors"],
+            "edge-eigenlora inspect: error: ",
+        ),
     ],
-)  # fmt: skip
+)
 def test_entry_points_print_one_error_line_and_exit_2(device_bundle, module, argv, message):
     bundle, _ = device_bundle
     done = subprocess.run(
         [sys.executable, "-m", module, *[a.format(bundle=bundle) for a in argv]],
-        capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert message in done.stderr and done.stdout == ""
 

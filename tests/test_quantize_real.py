@@ -73,8 +73,15 @@ def test_quantization_error_and_accuracy_on_a_real_task(tmp_path, minilm, minilm
     task_path = save_task(
         task_from_model(clf, "pos", labels=list(data.label_names)), tmp_path / "pos.safetensors"
     )
-    fp32 = export_bundle("sentence-transformers/all-MiniLM-L6-v2", basis_path, tmp_path / "fp32", tasks=[task_path],
-                         config=ExportConfig(basis_quant="none"), model=encoder, tokenizer=tokenizer)  # fmt: skip
+    fp32 = export_bundle(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        basis_path,
+        tmp_path / "fp32",
+        tasks=[task_path],
+        config=ExportConfig(basis_quant="none"),
+        model=encoder,
+        tokenizer=tokenizer,
+    )
     manifest = bundle.verify_bundle(fp32)
     feeds = bundle.task_feeds(bundle.load_bundle_task(manifest, "pos"), manifest)
     test = (data.test.texts, data.test.labels)
@@ -89,14 +96,19 @@ def test_quantization_error_and_accuracy_on_a_real_task(tmp_path, minilm, minilm
     }
     for basis_q, base_q in MODES + [("fp16", "fp16")]:
         precision = "fp16" if basis_q == "fp16" else "fp32"
-        cfg = ExportConfig(basis_quant="none" if precision == "fp16" else basis_q,
-                           base_quant="none" if precision == "fp16" else base_q, precision=precision)  # fmt: skip
+        cfg = ExportConfig(
+            basis_quant="none" if precision == "fp16" else basis_q,
+            base_quant="none" if precision == "fp16" else base_q,
+            precision=precision,
+        )
         out = derive_bundle(fp32, tmp_path / f"{basis_q}_{base_q}", config=cfg)
         logits, acc = _eval(out / "model_shared.onnx", manifest, *test, tokenizer, feeds)
         rows[f"basis={basis_q},base={base_q}"] = {
-            "accuracy": acc, "rel_error": quantize.relative_error(ref, logits), "sqnr_db": quantize.sqnr_db(ref, logits),
+            "accuracy": acc,
+            "rel_error": quantize.relative_error(ref, logits),
+            "sqnr_db": quantize.sqnr_db(ref, logits),
             "mb": (out / "model_shared.onnx").stat().st_size / 2**20,
-        }  # fmt: skip
+        }
     rows["basis_sqnr_db"] = {m: quantize.basis_sqnr(basis, m) for m in ("int8", "int4")}
     rows["test_examples"] = len(test[0])
     print(json.dumps(rows, indent=1))

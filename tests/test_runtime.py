@@ -71,9 +71,14 @@ def tiny(tmp_path_factory, minilm):
     _, tokenizer = minilm
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, attn_implementation="eager",
-    )  # fmt: skip
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
     model = BertModel(config).eval()
     root = tmp_path_factory.mktemp("rt")
     rng = np.random.default_rng(0)
@@ -93,14 +98,27 @@ def tiny(tmp_path_factory, minilm):
 
     t0 = save_task(task_from_model(clf, "t0", labels=["x", "y", "z"]), root / "t0.safetensors")
     out = export_bundle(
-        "tiny-bert", basis_path, root / "bundle", tasks=[t0], model=model, tokenizer=tokenizer,
+        "tiny-bert",
+        basis_path,
+        root / "bundle",
+        tasks=[t0],
+        model=model,
+        tokenizer=tokenizer,
         config=ExportConfig(rank=RANK, variants=("shared", "per_row"), basis_quant="none", max_length=24),
-    )  # fmt: skip
+    )
     add_train_step(out, basis_path, model=model)
     # a second basis, for "task of another basis" refusals
     other = fit_basis(load_bank(dirs[:2]), SubspaceConfig(k=8), progress=False)
-    return {"model": model, "tokenizer": tokenizer, "basis": basis, "other_basis": other, "bundle": out,
-            "root": root, "t0": t0, "basis_path": basis_path}  # fmt: skip
+    return {
+        "model": model,
+        "tokenizer": tokenizer,
+        "basis": basis,
+        "other_basis": other,
+        "bundle": out,
+        "root": root,
+        "t0": t0,
+        "basis_path": basis_path,
+    }
 
 
 def _copy(tiny, tmp_path):
@@ -139,8 +157,10 @@ def test_run_matches_torch_and_tokenizer_matches_transformers(tiny):
 def test_per_row_and_task_switch_in_microseconds(tiny, tmp_path):
     rt = DeviceRuntime(_copy(tiny, tmp_path), options=RuntimeOptions(threads=1))
     t1 = make_task(rt, "t1", init_params(rt, 5, seed=1), list("abcde"), {})
-    t1.coefficients = {m: (a, np.random.default_rng(2).standard_normal(b.shape).astype(np.float32) * 0.3)
-                       for m, (a, b) in t1.coefficients.items()}  # fmt: skip
+    t1.coefficients = {
+        m: (a, np.random.default_rng(2).standard_normal(b.shape).astype(np.float32) * 0.3)
+        for m, (a, b) in t1.coefficients.items()
+    }
     rt.add_task(t1)
     assert [t["name"] for t in rt.list_tasks()] == ["t0", "t1"]
     rows = rt.run_rows(TEXTS, tasks=["t0", "t1", "t1", "t0"])
@@ -190,8 +210,10 @@ def test_train_graph_gradients_match_torch_tiny(tiny):
     loss.backward()
     from edge_eigenlora.model import eigenlora_layers
 
-    grads = {layer.basis_module: (layer.eigenlora_alpha_A.grad.numpy(), layer.eigenlora_alpha_B.grad.numpy())
-             for layer in eigenlora_layers(clf).values()}  # fmt: skip
+    grads = {
+        layer.basis_module: (layer.eigenlora_alpha_A.grad.numpy(), layer.eigenlora_alpha_B.grad.numpy())
+        for layer in eigenlora_layers(clf).values()
+    }
     ref = bundle.pack(grads, rt.layout)
     rel = np.linalg.norm(out["grad_coefficients"] - ref) / np.linalg.norm(ref)
     assert abs(float(out["loss"]) - loss.item()) < 1e-5
@@ -234,8 +256,15 @@ def test_gradient_training_lowers_loss_and_learns(tiny, tmp_path):
     rt = DeviceRuntime(_copy(tiny, tmp_path), options=RuntimeOptions(threads=1))
     texts, labels = keyword_data(96, 0)
     vt, vl = keyword_data(40, 1)
-    trainer = GradientTrainer(rt, "kw", (texts, labels), ["pos", "neg"], validation=(vt, vl), log=lambda m: None,
-                              config=DeviceTrainConfig(epochs=20, batch_size=16, lr=2e-2, eval_every=6, patience=100))  # fmt: skip
+    trainer = GradientTrainer(
+        rt,
+        "kw",
+        (texts, labels),
+        ["pos", "neg"],
+        validation=(vt, vl),
+        log=lambda m: None,
+        config=DeviceTrainConfig(epochs=20, batch_size=16, lr=2e-2, eval_every=6, patience=100),
+    )
     start_loss = evaluate(rt, init_params(rt, 2, 0), trainer.val)["loss"]
     outcome = trainer.fit()
     end = evaluate(rt, bundle.task_feeds(outcome.task, rt.manifest), trainer.val)
@@ -248,9 +277,15 @@ def test_zeroth_order_lowers_loss_with_inference_graph_only(tiny, tmp_path):
     rt = DeviceRuntime(_copy(tiny, tmp_path), options=RuntimeOptions(threads=1))
     texts, labels = keyword_data(96, 0)
     vt, vl = keyword_data(40, 1)
-    trainer = ZerothOrderTrainer(rt, "zo", (texts, labels), ["pos", "neg"], validation=(vt, vl), log=lambda m: None,
-                                 config=ZOConfig(steps=300, batch_size=16, lr=1e-2, eval_every=50, head_init="random",
-                                                 patience=100))  # fmt: skip
+    trainer = ZerothOrderTrainer(
+        rt,
+        "zo",
+        (texts, labels),
+        ["pos", "neg"],
+        validation=(vt, vl),
+        log=lambda m: None,
+        config=ZOConfig(steps=300, batch_size=16, lr=1e-2, eval_every=50, head_init="random", patience=100),
+    )
     outcome = trainer.fit()
     losses = [h["val_loss"] for h in outcome.history]
     assert losses[-1] < losses[0] - 0.02  # measured: 0.692 -> 0.653 (random head; forward passes only)
@@ -261,8 +296,14 @@ def test_nan_rolls_back_and_lowers_lr(tiny, tmp_path, monkeypatch):
     rt = DeviceRuntime(_copy(tiny, tmp_path), verify=False, options=RuntimeOptions(threads=1))
     texts, labels = keyword_data(64, 0)
     messages = []
-    trainer = GradientTrainer(rt, "nan", (texts, labels), ["pos", "neg"], log=messages.append,
-                              config=DeviceTrainConfig(epochs=2, batch_size=16, lr=1e-2, validation_fraction=0))  # fmt: skip
+    trainer = GradientTrainer(
+        rt,
+        "nan",
+        (texts, labels),
+        ["pos", "neg"],
+        log=messages.append,
+        config=DeviceTrainConfig(epochs=2, batch_size=16, lr=1e-2, validation_fraction=0),
+    )
     real = trainer.loss_and_grads
     calls = {"n": 0, "at_bad": None}
 
@@ -291,8 +332,14 @@ def test_nan_rolls_back_and_lowers_lr(tiny, tmp_path, monkeypatch):
 def test_too_many_rollbacks_is_an_error(tiny, monkeypatch):
     rt = DeviceRuntime(tiny["bundle"], verify=False)
     texts, labels = keyword_data(32, 0)
-    trainer = GradientTrainer(rt, "bad", (texts, labels), ["pos", "neg"], log=lambda m: None,
-                              config=DeviceTrainConfig(epochs=3, batch_size=8, max_rollbacks=2, validation_fraction=0))  # fmt: skip
+    trainer = GradientTrainer(
+        rt,
+        "bad",
+        (texts, labels),
+        ["pos", "neg"],
+        log=lambda m: None,
+        config=DeviceTrainConfig(epochs=3, batch_size=8, max_rollbacks=2, validation_fraction=0),
+    )
     monkeypatch.setattr(
         trainer, "loss_and_grads", lambda p, m: (float("nan"), {k: np.zeros_like(v) for k, v in p.items()}, 1)
     )
@@ -414,8 +461,26 @@ def test_runtime_imports_and_trains_with_torch_unimportable(tiny, tmp_path):
     assert "BLOCKED torch is blocked" in out.stdout and out.stdout.strip().endswith("[]")
     texts, labels = keyword_data(48, 0)
     csv_path = _write_csv(tmp_path / "kw.csv", texts, labels)
-    res = _cli(["train", root, "--name", "kw", "--train-file", csv_path, "--epochs", "2", "--batch-size", "8",
-                "--lr", "0.02", "--threads", "1", "--low-memory"], tmp_path)  # fmt: skip
+    res = _cli(
+        [
+            "train",
+            root,
+            "--name",
+            "kw",
+            "--train-file",
+            csv_path,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--lr",
+            "0.02",
+            "--threads",
+            "1",
+            "--low-memory",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 2 * math.ceil(41 / 8) and summary["task"] == "kw"
@@ -458,11 +523,35 @@ def test_sigkill_mid_training_then_resume(tiny, tmp_path):
     texts, labels = keyword_data(200, 0)
     csv_path = _write_csv(tmp_path / "kw.csv", texts, labels)
     ckpt = tmp_path / "kw.ckpt.safetensors"
-    args = ["train", root, "--name", "kw", "--train-file", csv_path, "--epochs", "20", "--batch-size", "4", "--patience", "1000",
-            "--checkpoint", ckpt, "--checkpoint-every", "5", "--threads", "1", "--out", tmp_path / "kw.safetensors"]  # fmt: skip
+    args = [
+        "train",
+        root,
+        "--name",
+        "kw",
+        "--train-file",
+        csv_path,
+        "--epochs",
+        "20",
+        "--batch-size",
+        "4",
+        "--patience",
+        "1000",
+        "--checkpoint",
+        ckpt,
+        "--checkpoint-every",
+        "5",
+        "--threads",
+        "1",
+        "--out",
+        tmp_path / "kw.safetensors",
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "edge_eigenlora.runtime", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_eigenlora.runtime", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     from edge_eigenlora.fileio import read_safetensors
 
     deadline = time.time() + 120
@@ -492,8 +581,19 @@ def test_sigkill_mid_training_then_resume(tiny, tmp_path):
     task = load_task(tmp_path / "kw.safetensors", expected_basis=tiny["basis"].fingerprint)
     assert task.info["steps"] == summary["steps"]
     # the same run without interruption ends at the same coefficients (deterministic resume)
-    fresh = _cli([*args[:-2], "--out", tmp_path / "fresh.safetensors", "--name", "kw2", "--checkpoint",
-                  tmp_path / "c2.safetensors"], tmp_path, block=False)  # fmt: skip
+    fresh = _cli(
+        [
+            *args[:-2],
+            "--out",
+            tmp_path / "fresh.safetensors",
+            "--name",
+            "kw2",
+            "--checkpoint",
+            tmp_path / "c2.safetensors",
+        ],
+        tmp_path,
+        block=False,
+    )
     assert fresh.returncode == 0, fresh.stderr
     ref = load_task(tmp_path / "fresh.safetensors")
     diff = max(

@@ -67,8 +67,10 @@ def _torch_grads(real, rt, params, ids, mask, labels):
     clf.eval()  # the graph has no dropout
     loss = F.cross_entropy(clf(torch.from_numpy(ids), torch.from_numpy(mask)), torch.from_numpy(labels))
     loss.backward()
-    grads = {layer.basis_module: (layer.eigenlora_alpha_A.grad.numpy(), layer.eigenlora_alpha_B.grad.numpy())
-             for layer in eigenlora_layers(clf).values()}  # fmt: skip
+    grads = {
+        layer.basis_module: (layer.eigenlora_alpha_A.grad.numpy(), layer.eigenlora_alpha_B.grad.numpy())
+        for layer in eigenlora_layers(clf).values()
+    }
     return (
         loss.item(),
         bundle.pack(grads, rt.layout),
@@ -135,8 +137,15 @@ def test_device_training_learns_a_real_task(real):
     rt = DeviceRuntime(real["bundle"], verify=False, options=RuntimeOptions(threads=1), on_long="silent")
     train = (list(data.train.texts[:192]), list(data.train.labels[:192]))
     val = (list(data.validation.texts[:64]), list(data.validation.labels[:64]))
-    trainer = GradientTrainer(rt, "cyr", train, list(data.label_names), validation=val, log=lambda m: None,
-                              config=DeviceTrainConfig(epochs=2, batch_size=16, max_steps=16, eval_every=8, patience=5))  # fmt: skip
+    trainer = GradientTrainer(
+        rt,
+        "cyr",
+        train,
+        list(data.label_names),
+        validation=val,
+        log=lambda m: None,
+        config=DeviceTrainConfig(epochs=2, batch_size=16, max_steps=16, eval_every=8, patience=5),
+    )
     from edge_eigenlora.runtime.trainer import tokenize_examples
 
     test = tokenize_examples(rt, list(data.test.texts[:160]), list(data.test.labels[:160]), 2, "test labels")
@@ -170,13 +179,26 @@ def test_device_training_matches_workstation_within_one_point(real):
         attach_basis(copy.deepcopy(real["encoder"]), real["basis"], rank=RANK, seed=0), len(labels)
     )
     init = task_from_model(clf, "init", labels=labels)
-    train_classifier(clf, real["tokenizer"], train, val,
-                     TrainConfig(epochs=2, batch_size=16, lr=5e-3, max_length=64, patience=100, progress=False))  # fmt: skip
+    train_classifier(
+        clf,
+        real["tokenizer"],
+        train,
+        val,
+        TrainConfig(epochs=2, batch_size=16, lr=5e-3, max_length=64, patience=100, progress=False),
+    )
     workstation = evaluate(
         rt, bundle.task_feeds(task_from_model(clf, "ws", labels=labels), rt.manifest), test
     )
-    trainer = GradientTrainer(rt, "dev", train, labels, validation=val, init_task=init, log=lambda m: None,
-                              config=DeviceTrainConfig(epochs=2, batch_size=16, lr=5e-3, patience=100))  # fmt: skip
+    trainer = GradientTrainer(
+        rt,
+        "dev",
+        train,
+        labels,
+        validation=val,
+        init_task=init,
+        log=lambda m: None,
+        config=DeviceTrainConfig(epochs=2, batch_size=16, lr=5e-3, patience=100),
+    )
     device = evaluate(rt, bundle.task_feeds(trainer.fit().task, rt.manifest), test)
     print(json.dumps({"workstation": workstation, "device": device}))
     assert abs(device["accuracy"] - workstation["accuracy"]) <= 0.01 + 1e-9

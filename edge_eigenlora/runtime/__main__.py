@@ -157,8 +157,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for text, p in zip(texts, probs, strict=True):
         i = int(p.argmax())
         if args.json:
-            print(_json({"text": text, "label": names[i], "probability": round(float(p[i]), 6),
-                         "scores": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}}))  # fmt: skip
+            print(
+                _json(
+                    {
+                        "text": text,
+                        "label": names[i],
+                        "probability": round(float(p[i]), 6),
+                        "scores": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)},
+                    }
+                )
+            )
         else:
             print(f"{_printable(names[i])}\t{p[i]:.3f}\t{_printable(text[:100])}")
     return 0
@@ -196,30 +204,64 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"task {args.name!r} already exists in {args.bundle}; choose another --name or pass --overwrite."
         )
     if args.method == "zo":
-        config = ZOConfig(steps=args.max_steps or ZOConfig.steps, batch_size=args.batch_size, lr=args.lr or ZOConfig.lr,
-                          eval_every=args.eval_every or 50, patience=args.patience, seed=args.seed,
-                          validation_fraction=args.validation_fraction, max_seconds=args.max_seconds)  # fmt: skip
-        trainer = ZerothOrderTrainer(rt, args.name, (data.texts, data.labels), data.label_names,
-                                     validation=validation, config=config)  # type: ignore[arg-type]  # fmt: skip
+        config = ZOConfig(
+            steps=args.max_steps or ZOConfig.steps,
+            batch_size=args.batch_size,
+            lr=args.lr or ZOConfig.lr,
+            eval_every=args.eval_every or 50,
+            patience=args.patience,
+            seed=args.seed,
+            validation_fraction=args.validation_fraction,
+            max_seconds=args.max_seconds,
+        )
+        trainer = ZerothOrderTrainer(
+            rt, args.name, (data.texts, data.labels), data.label_names, validation=validation, config=config
+        )  # type: ignore[arg-type]
     else:
         config = DeviceTrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, accumulation=args.accumulation, lr=args.lr or DeviceTrainConfig.lr,
-            head_lr=args.head_lr, max_steps=args.max_steps, eval_every=args.eval_every, patience=args.patience,
-            checkpoint_every=args.checkpoint_every, validation_fraction=args.validation_fraction, seed=args.seed,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            accumulation=args.accumulation,
+            lr=args.lr or DeviceTrainConfig.lr,
+            head_lr=args.head_lr,
+            max_steps=args.max_steps,
+            eval_every=args.eval_every,
+            patience=args.patience,
+            checkpoint_every=args.checkpoint_every,
+            validation_fraction=args.validation_fraction,
+            seed=args.seed,
             head_init=args.head_init,
-        )  # fmt: skip
-        trainer = GradientTrainer(rt, args.name, (data.texts, data.labels), data.label_names,  # type: ignore[arg-type]
-                                  validation=validation, config=config, checkpoint=checkpoint,
-                                  resume=not args.no_resume)  # fmt: skip
-    print(f"training task {args.name!r} on {len(trainer.train)} examples ({len(trainer.val)} for validation), "
-          f"{len(data.label_names)} labels, method {args.method}", file=sys.stderr, flush=True)  # fmt: skip
+        )
+        trainer = GradientTrainer(
+            rt,
+            args.name,
+            (data.texts, data.labels),
+            data.label_names,  # type: ignore[arg-type]
+            validation=validation,
+            config=config,
+            checkpoint=checkpoint,
+            resume=not args.no_resume,
+        )
+    print(
+        f"training task {args.name!r} on {len(trainer.train)} examples ({len(trainer.val)} for validation), "
+        f"{len(data.label_names)} labels, method {args.method}",
+        file=sys.stderr,
+        flush=True,
+    )
     outcome = trainer.fit()
     written = write_task(rt, outcome.task, output=args.out, add_to_bundle=not args.no_add)  # type: ignore[arg-type]
     if args.method != "zo" and trainer.checkpoint is not None and trainer.checkpoint.exists():  # type: ignore[attr-defined]
         trainer.checkpoint.unlink()  # type: ignore[attr-defined]
-    summary = {"task": args.name, "steps": outcome.steps, "best_step": outcome.best_step,
-               "val_accuracy": outcome.best_metric, "seconds": round(outcome.seconds, 2),
-               "resumed_from": outcome.resumed_from, "rollbacks": outcome.rollbacks, "written": written}  # fmt: skip
+    summary = {
+        "task": args.name,
+        "steps": outcome.steps,
+        "best_step": outcome.best_step,
+        "val_accuracy": outcome.best_metric,
+        "seconds": round(outcome.seconds, 2),
+        "resumed_from": outcome.resumed_from,
+        "rollbacks": outcome.rollbacks,
+        "written": written,
+    }
     print(_json(summary))
     return 0
 
@@ -285,8 +327,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-length", type=int, default=None, help="token limit per text (default: the bundle's)"
     )
-    p.add_argument("--on-long", choices=("warn", "error", "silent"), default="warn",
-                   help="texts longer than the limit: truncate with a warning, refuse, or truncate silently")  # fmt: skip
+    p.add_argument(
+        "--on-long",
+        choices=("warn", "error", "silent"),
+        default="warn",
+        help="texts longer than the limit: truncate with a warning, refuse, or truncate silently",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,8 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.validation_fraction,
         help="share of the training file held out",
     )
-    p.add_argument("--method", choices=("grad", "zo"), default="grad",
-                   help="grad: the train-step graph (gradients); zo: forward-only SPSA/MeZO on the inference graph")  # fmt: skip
+    p.add_argument(
+        "--method",
+        choices=("grad", "zo"),
+        default="grad",
+        help="grad: the train-step graph (gradients); zo: forward-only SPSA/MeZO on the inference graph",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs, help="upper bound on epochs (grad)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per micro-batch")
     p.add_argument(
@@ -347,8 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--patience", type=int, default=d.patience, help="validations without improvement before stopping"
     )
-    p.add_argument("--head-init", choices=("random", "probe"), default=d.head_init,
-                   help="grad: random N(0, 0.02) head, or a ridge probe on the frozen embeddings")  # fmt: skip
+    p.add_argument(
+        "--head-init",
+        choices=("random", "probe"),
+        default=d.head_init,
+        help="grad: random N(0, 0.02) head, or a ridge probe on the frozen embeddings",
+    )
     p.add_argument("--checkpoint", help="checkpoint file (default: BUNDLE/.checkpoints/NAME.safetensors)")
     p.add_argument(
         "--checkpoint-every", type=int, default=d.checkpoint_every, help="optimizer steps between checkpoints"

@@ -107,8 +107,14 @@ def pad_ids(rows: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray,
     return ids, mask
 
 
-def check_ids(input_ids: np.ndarray, attention_mask: np.ndarray | None, *, vocab_size: int | None,
-              max_length: int, on_long: OnLong = "warn") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def check_ids(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None,
+    *,
+    vocab_size: int | None,
+    max_length: int,
+    on_long: OnLong = "warn",
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate token ids given directly; cut rows longer than `max_length` (warning) or refuse them."""
     ids = np.asarray(input_ids)
     if ids.ndim == 1:

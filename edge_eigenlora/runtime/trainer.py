@@ -93,8 +93,15 @@ class DeviceTrainConfig:
     eval_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "accumulation", "patience", "checkpoint_every", "max_rollbacks",
-                     "eval_batch_size"):  # fmt: skip
+        for name in (
+            "epochs",
+            "batch_size",
+            "accumulation",
+            "patience",
+            "checkpoint_every",
+            "max_rollbacks",
+            "eval_batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise EdgeEigenLoraError(f"DeviceTrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0):
@@ -163,8 +170,9 @@ def split_examples(
     return texts, labels, validation
 
 
-def tokenize_examples(runtime: DeviceRuntime, texts: Sequence[str], labels: Sequence[int], num_labels: int,
-                      where: str) -> Examples:  # fmt: skip
+def tokenize_examples(
+    runtime: DeviceRuntime, texts: Sequence[str], labels: Sequence[int], num_labels: int, where: str
+) -> Examples:
     """Tokenize once (truncation warns) and check every label against the head's range."""
     labels_arr = np.asarray(list(labels), dtype=np.int64)
     if len(texts) != labels_arr.size:
@@ -186,8 +194,10 @@ def _encode_all(tok: Any, texts: list[str], where: str) -> list[Any]:
     long = [i for i, e in enumerate(encodings) if e.overflowing]
     if long:
         what = where.replace(" labels", " texts")
-        message = (f"{len(long)} of {len(texts)} {what} are longer than max_length {tok.max_length} tokens "
-                   f"(first: text {long[0]}); ")  # fmt: skip
+        message = (
+            f"{len(long)} of {len(texts)} {what} are longer than max_length {tok.max_length} tokens "
+            f"(first: text {long[0]}); "
+        )
         if tok.on_long == "error":
             raise EdgeEigenLoraError(message + "shorten them, or allow truncation (on_long='warn').")
         if tok.on_long == "warn":
@@ -214,8 +224,11 @@ def init_params(
                 f"task {init_task.name!r} has {init_task.num_labels} labels but the data has {num_labels}; "
                 "start a new task instead of continuing this one."
             )
-        return {contract.COEFFICIENTS: init_task.coefficients.copy(), contract.HEAD_WEIGHT: init_task.head_weight.copy(),
-                contract.HEAD_BIAS: init_task.head_bias.copy()}  # fmt: skip
+        return {
+            contract.COEFFICIENTS: init_task.coefficients.copy(),
+            contract.HEAD_WEIGHT: init_task.head_weight.copy(),
+            contract.HEAD_BIAS: init_task.head_bias.copy(),
+        }
     rng = np.random.default_rng(seed)
     layout = runtime.layout
     parts = []
@@ -232,8 +245,14 @@ def init_params(
     }
 
 
-def probe_head(runtime: DeviceRuntime, params: dict[str, np.ndarray], data: Examples, num_labels: int,
-               batch_size: int = 64, ridge: float = 1.0) -> None:  # fmt: skip
+def probe_head(
+    runtime: DeviceRuntime,
+    params: dict[str, np.ndarray],
+    data: Examples,
+    num_labels: int,
+    batch_size: int = 64,
+    ridge: float = 1.0,
+) -> None:
     """Set the head to a ridge-regression probe on the pooled embeddings (forward passes only)."""
     feats = embed_examples(runtime, params[contract.COEFFICIENTS], data, batch_size)
     mu, sd = feats.mean(0), feats.std(0) + 1e-6
@@ -257,13 +276,28 @@ def embed_examples(
     out = []
     for i in range(0, len(data), batch_size):
         ids, mask, _ = data.batch(range(i, min(i + batch_size, len(data))), pad)
-        out.append(runtime.session(contract.SHARED).run([contract.LOGITS], {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask,
-                   contract.COEFFICIENTS: coefficients, contract.HEAD_WEIGHT: eye, contract.HEAD_BIAS: zero})[0])  # fmt: skip
+        out.append(
+            runtime.session(contract.SHARED).run(
+                [contract.LOGITS],
+                {
+                    contract.INPUT_IDS: ids,
+                    contract.ATTENTION_MASK: mask,
+                    contract.COEFFICIENTS: coefficients,
+                    contract.HEAD_WEIGHT: eye,
+                    contract.HEAD_BIAS: zero,
+                },
+            )[0]
+        )
     return np.concatenate(out)
 
 
-def evaluate(runtime: DeviceRuntime, params: dict[str, np.ndarray], data: Examples, batch_size: int = 64,
-             graph: str = contract.SHARED) -> dict[str, float]:  # fmt: skip
+def evaluate(
+    runtime: DeviceRuntime,
+    params: dict[str, np.ndarray],
+    data: Examples,
+    batch_size: int = 64,
+    graph: str = contract.SHARED,
+) -> dict[str, float]:
     """Accuracy and mean cross-entropy with the inference graph (or the train-step graph: graph=TRAIN_STEP)."""
     if not len(data):
         return {"accuracy": float("nan"), "loss": float("nan")}
@@ -296,15 +330,24 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -logp[np.arange(len(labels)), labels]
 
 
-def make_task(runtime: DeviceRuntime, name: str, params: dict[str, np.ndarray], label_names: Sequence[str],
-              info: dict[str, Any]) -> Task:  # fmt: skip
+def make_task(
+    runtime: DeviceRuntime,
+    name: str,
+    params: dict[str, np.ndarray],
+    label_names: Sequence[str],
+    info: dict[str, Any],
+) -> Task:
     contract.check_task_name(name)
     return Task(
-        name=name, basis_fingerprint=runtime.basis_fingerprint,
-        coefficients=contract.unpack(params[contract.COEFFICIENTS], runtime.layout), kind="classification",
-        labels=list(label_names), head_weight=params[contract.HEAD_WEIGHT].copy(), head_bias=params[contract.HEAD_BIAS].copy(),
+        name=name,
+        basis_fingerprint=runtime.basis_fingerprint,
+        coefficients=contract.unpack(params[contract.COEFFICIENTS], runtime.layout),
+        kind="classification",
+        labels=list(label_names),
+        head_weight=params[contract.HEAD_WEIGHT].copy(),
+        head_bias=params[contract.HEAD_BIAS].copy(),
         info=info,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -323,11 +366,21 @@ class TrainOutcome:
 class GradientTrainer:
     """Trains coefficients + head with the bundle's train-step graph; see DeviceTrainConfig."""
 
-    def __init__(self, runtime: DeviceRuntime, name: str, train: tuple[Sequence[str], Sequence[int]],
-                 label_names: Sequence[str], *, validation: tuple[Sequence[str], Sequence[int]] | None = None,
-                 config: DeviceTrainConfig | None = None, checkpoint: str | os.PathLike[str] | None = None,
-                 resume: bool = True, init_task: str | Task | None = None, log: Log = stderr_log,
-                 eval_graph: str = contract.SHARED) -> None:  # fmt: skip
+    def __init__(
+        self,
+        runtime: DeviceRuntime,
+        name: str,
+        train: tuple[Sequence[str], Sequence[int]],
+        label_names: Sequence[str],
+        *,
+        validation: tuple[Sequence[str], Sequence[int]] | None = None,
+        config: DeviceTrainConfig | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        resume: bool = True,
+        init_task: str | Task | None = None,
+        log: Log = stderr_log,
+        eval_graph: str = contract.SHARED,
+    ) -> None:
         self.runtime = runtime
         self.config = config or DeviceTrainConfig()
         self.name = contract.check_task_name(name)
@@ -412,9 +465,17 @@ class GradientTrainer:
     # -- checkpoints ------------------------------------------------------------------------------------
     def _fingerprint(self) -> dict[str, Any]:
         c = self.config
-        return {"data": self.train.digest(), "val": self.val.digest(), "basis": self.runtime.basis_fingerprint,
-                "size": self.runtime.layout.size, "num_labels": self.num_labels, "batch_size": c.batch_size,
-                "accumulation": c.accumulation, "seed": c.seed, "name": self.name}  # fmt: skip
+        return {
+            "data": self.train.digest(),
+            "val": self.val.digest(),
+            "basis": self.runtime.basis_fingerprint,
+            "size": self.runtime.layout.size,
+            "num_labels": self.num_labels,
+            "batch_size": c.batch_size,
+            "accumulation": c.accumulation,
+            "seed": c.seed,
+            "name": self.name,
+        }
 
     def _save_checkpoint(self, state: dict[str, Any]) -> None:
         if self.checkpoint is None:
@@ -425,8 +486,13 @@ class GradientTrainer:
         meta = {
             k: state[k] for k in ("step", "micro", "best_metric", "best_step", "bad", "rollbacks", "history")
         }
-        meta.update(adam_steps=state["opt"].step_count, lr_scale=state["opt"].scale, fingerprint=self._fingerprint(),
-                    labels=self.label_names, config=asdict(self.config))  # fmt: skip
+        meta.update(
+            adam_steps=state["opt"].step_count,
+            lr_scale=state["opt"].scale,
+            fingerprint=self._fingerprint(),
+            labels=self.label_names,
+            config=asdict(self.config),
+        )
         save_safetensors_atomic(
             self.checkpoint, tensors, {"format": CHECKPOINT_FORMAT, "state": json.dumps(meta)}
         )
@@ -455,7 +521,11 @@ class GradientTrainer:
                 f"{self.checkpoint}: checkpoint was written for other training settings or data (differs in "
                 f"{', '.join(diff)}); delete it, pass --no-resume, or resume with the same data and settings."
             )
-        changed = [k for k in ("lr", "head_lr", "weight_decay") if k in saved_config and saved_config[k] != getattr(self.config, k)]  # fmt: skip
+        changed = [
+            k
+            for k in ("lr", "head_lr", "weight_decay")
+            if k in saved_config and saved_config[k] != getattr(self.config, k)
+        ]
         if changed:
             was = ", ".join(f"{k}={saved_config[k]}" for k in changed)
             now = ", ".join(f"{k}={getattr(self.config, k)}" for k in changed)
@@ -496,8 +566,18 @@ class GradientTrainer:
             params = init_params(self.runtime, self.num_labels, c.seed, self.init_task)
             if c.head_init == "probe" and self.init_task is None:
                 probe_head(self.runtime, params, self.train, self.num_labels)
-            state = {"params": params, "best": {}, "opt": self._optimizer(), "step": 0, "micro": 0,
-                     "best_metric": -math.inf, "best_step": 0, "bad": 0, "rollbacks": 0, "history": []}  # fmt: skip
+            state = {
+                "params": params,
+                "best": {},
+                "opt": self._optimizer(),
+                "step": 0,
+                "micro": 0,
+                "best_metric": -math.inf,
+                "best_step": 0,
+                "bad": 0,
+                "rollbacks": 0,
+                "history": [],
+            }
         else:
             resumed_from = int(state["step"])
             self.log(f"resuming task {self.name!r} from checkpoint {self.checkpoint} at step {resumed_from}")
@@ -538,8 +618,12 @@ class GradientTrainer:
                 if metrics is not None:
                     entry.update(val_accuracy=metrics["accuracy"], val_loss=metrics["loss"])
                     if metrics["accuracy"] > state["best_metric"] + 1e-9:
-                        state.update(best_metric=metrics["accuracy"], best_step=step, bad=0,
-                                     best={k: v.copy() for k, v in params.items()})  # fmt: skip
+                        state.update(
+                            best_metric=metrics["accuracy"],
+                            best_step=step,
+                            bad=0,
+                            best={k: v.copy() for k, v in params.items()},
+                        )
                     else:
                         state["bad"] += 1
                         stopped = state["bad"] >= c.patience
@@ -549,9 +633,17 @@ class GradientTrainer:
         if state["best"]:
             params.update({k: v.copy() for k, v in state["best"].items()})
         seconds = time.perf_counter() - start
-        info = {"source": "device", "trainer": "gradient", "val_accuracy": state["best_metric"], "steps": state["step"],
-                "best_step": state["best_step"], "rollbacks": state["rollbacks"], "train_config": asdict(c),
-                "pooling": "mean", "max_length": self.runtime.max_length}  # fmt: skip
+        info = {
+            "source": "device",
+            "trainer": "gradient",
+            "val_accuracy": state["best_metric"],
+            "steps": state["step"],
+            "best_step": state["best_step"],
+            "rollbacks": state["rollbacks"],
+            "train_config": asdict(c),
+            "pooling": "mean",
+            "max_length": self.runtime.max_length,
+        }
         task = make_task(
             self.runtime,
             self.name,
@@ -559,8 +651,17 @@ class GradientTrainer:
             self.label_names or [str(i) for i in range(self.num_labels)],
             info,
         )
-        return TrainOutcome(task, state["best_metric"], state["best_step"], state["step"], seconds, stopped,
-                            resumed_from, state["rollbacks"], state["history"])  # fmt: skip
+        return TrainOutcome(
+            task,
+            state["best_metric"],
+            state["best_step"],
+            state["step"],
+            seconds,
+            stopped,
+            resumed_from,
+            state["rollbacks"],
+            state["history"],
+        )
 
     def _rollback(self, state: dict[str, Any], loss: float, ref: float | None) -> None:
         c = self.config
@@ -581,14 +682,21 @@ class GradientTrainer:
             state["params"].update({k: v.copy() for k, v in params.items()})
             opt.restore(opt_snap)
         opt.scale *= c.lr_backoff
-        message = (f"warning: loss {what} at step {state['step']}: rolled back to the last good coefficients and "
-                   f"lowered the learning rate to {c.lr * opt.scale:.3g} (rollback {state['rollbacks']}/{c.max_rollbacks})")  # fmt: skip
+        message = (
+            f"warning: loss {what} at step {state['step']}: rolled back to the last good coefficients and "
+            f"lowered the learning rate to {c.lr * opt.scale:.3g} (rollback {state['rollbacks']}/{c.max_rollbacks})"
+        )
         state["history"].append({"step": state["step"], "event": "rollback", "message": message})
         self.log(message)
 
 
-def write_task(runtime: DeviceRuntime, task: Task, *, output: str | os.PathLike[str] | None = None,
-               add_to_bundle: bool = True) -> list[str]:  # fmt: skip
+def write_task(
+    runtime: DeviceRuntime,
+    task: Task,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    add_to_bundle: bool = True,
+) -> list[str]:
     """Save the trained task atomically: into the bundle (tasks/<name>.safetensors + manifest) and/or a file."""
     written = []
     if output is not None:

@@ -74,10 +74,18 @@ class ZOConfig:
 class ZerothOrderTrainer:
     """MeZO-style training through the shared inference graph only."""
 
-    def __init__(self, runtime: DeviceRuntime, name: str, train: tuple[Sequence[str], Sequence[int]],
-                 label_names: Sequence[str], *, validation: tuple[Sequence[str], Sequence[int]] | None = None,
-                 config: ZOConfig | None = None, log: Log = stderr_log,
-                 callback: object = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        runtime: DeviceRuntime,
+        name: str,
+        train: tuple[Sequence[str], Sequence[int]],
+        label_names: Sequence[str],
+        *,
+        validation: tuple[Sequence[str], Sequence[int]] | None = None,
+        config: ZOConfig | None = None,
+        log: Log = stderr_log,
+        callback: object = None,
+    ) -> None:
         self.runtime = runtime
         self.config = config or ZOConfig()
         self.name = contract.check_task_name(name)
@@ -122,8 +130,11 @@ class ZerothOrderTrainer:
         def check(step: int) -> bool:
             nonlocal best, best_metric, best_step, bad, running
             metrics = evaluate(self.runtime, params, self.val, c.eval_batch_size) if len(self.val) else None
-            entry = {"step": step, "train_loss": float(np.mean(running)) if running else float("nan"),
-                     "seconds": time.perf_counter() - start}  # fmt: skip
+            entry = {
+                "step": step,
+                "train_loss": float(np.mean(running)) if running else float("nan"),
+                "seconds": time.perf_counter() - start,
+            }
             running = []
             if metrics is not None:
                 entry.update(val_accuracy=metrics["accuracy"], val_loss=metrics["loss"])
@@ -174,8 +185,15 @@ class ZerothOrderTrainer:
         if best is not None:
             params.update(best)
         seconds = time.perf_counter() - start
-        info = {"source": "device", "trainer": "zeroth_order", "val_accuracy": best_metric, "steps": step,
-                "best_step": best_step, "train_config": asdict(c), "pooling": "mean",
-                "max_length": self.runtime.max_length}  # fmt: skip
+        info = {
+            "source": "device",
+            "trainer": "zeroth_order",
+            "val_accuracy": best_metric,
+            "steps": step,
+            "best_step": best_step,
+            "train_config": asdict(c),
+            "pooling": "mean",
+            "max_length": self.runtime.max_length,
+        }
         task = make_task(self.runtime, self.name, params, self.label_names, info)
         return TrainOutcome(task, best_metric, best_step, step, seconds, stopped, None, 0, history)
