@@ -63,7 +63,7 @@ def local_client(workers: int, **cluster_options: Any) -> Any:
         "n_workers": workers,
         "threads_per_worker": 1,
         "processes": True,
-        "dashboard_address": None,
+        "dashboard_address": ":0",
         "silence_logs": logging.ERROR,
     }
     options.update(cluster_options)
