@@ -19,6 +19,7 @@ from edge_eigenlora.adapters import AdapterBank, LoraFactors
 from edge_eigenlora.bank_sources import open_bank
 from edge_eigenlora.basis import SubspaceConfig, fit_basis
 from edge_eigenlora.cli import main
+from edge_eigenlora.errors import EdgeEigenLoraError
 from tests.helpers import write_peft_adapter
 
 MODULES = tuple(f"layers.{i}.{p}" for i in range(3) for p in ("q", "v"))
@@ -89,6 +90,30 @@ def test_dask_gives_the_single_process_basis(client, tmp_path):
             np.testing.assert_allclose(a.singular_values_A, b.singular_values_A, rtol=1e-9, atol=1e-12)
     via_function = fit_basis_dask(bank, config, client=client, progress=False)
     assert _max_angle(single, via_function) < 1e-6
+    via_address = fit_basis_dask(bank, config, scheduler=client.scheduler.address, progress=False)
+    assert _max_angle(single, via_address) < 1e-6
+
+
+def test_dask_skips_a_bad_adapter_like_the_single_process_fit(client, tmp_path):
+    from edge_eigenlora.basis import BadAdapterSkipped
+    from edge_eigenlora.distributed_fit import DaskEngine
+    from tests.test_bank_sources import _nan
+
+    dirs = _bank_dirs(tmp_path)
+    _nan(dirs[13])  # NaN in its second module: found mid-fit, after the first module included it
+    bank = open_bank([tmp_path]).bank
+    config = SubspaceConfig(k=6)
+    with pytest.raises(
+        EdgeEigenLoraError, match=r"a13/adapter_model.safetensors: tensor of module 'layers.1.q'"
+    ):
+        fit_basis(bank, config, progress=False, engine=DaskEngine(client, shard_size=5))
+    with pytest.warns(BadAdapterSkipped):
+        single = fit_basis(bank, config, progress=False, skip_bad=True)
+    with pytest.warns(BadAdapterSkipped):
+        dask = fit_basis(bank, config, progress=False, skip_bad=True, engine=DaskEngine(client, shard_size=5))
+    assert list(dask.skipped) == list(single.skipped) == ["shard1/a13"]
+    assert all("shard1/a13" not in m.adapters for m in dask.modules.values())
+    assert _max_angle(single, dask) < 1e-6
 
 
 def test_dask_keeps_the_captured_energy_where_the_spectrum_does_not_separate(client, tmp_path):
