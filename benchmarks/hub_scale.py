@@ -214,6 +214,53 @@ def validate(args: argparse.Namespace, bank: Path, saves: dict[str, Path]) -> di
     return {"modules": rows}
 
 
+def project(args: argparse.Namespace) -> dict:
+    """Per adapter-module accumulation time and per-module eigensolve time at d=2048 and d=4096, measured here
+    in memory (no I/O), so the measured run can be scaled to other shapes."""
+    from edge_eigenlora.adapters import LoraFactors
+    from edge_eigenlora.basis import ModuleAccumulator, SubspaceConfig, finish_module
+
+    out = {"load_average_before": os.getloadavg()[0], "shapes": []}
+    for d in (2048, 4096):
+        n = 2 * 2 * d // args.r  # two folds of the Gram matrices at 2 d columns each
+        g = np.random.default_rng(0)
+        p_in = np.linalg.qr(g.standard_normal((d, SHARED)))[0]
+        p_out = np.linalg.qr(g.standard_normal((d, SHARED)))[0]
+        weights = np.exp(-np.arange(SHARED) / DECAY)[:, None]
+        factors = []
+        for _ in range(n):
+            a_t = p_in @ (weights * g.standard_normal((SHARED, args.r))) + NOISE * g.standard_normal(
+                (d, args.r)
+            )
+            b = p_out @ (weights * g.standard_normal((SHARED, args.r))) + NOISE * g.standard_normal(
+                (d, args.r)
+            )
+            factors.append(
+                LoraFactors(A=(a_t.T / np.sqrt(d)).astype(np.float32), B=(b * 0.01).astype(np.float32))
+            )
+        acc = ModuleAccumulator.empty("m", (d, d), "gauge_free")
+        start = time.process_time()
+        for i, f in enumerate(factors):
+            acc.add(f"a{i}", f)
+        acc.stack.delta_sum()  # fold the remainder
+        per_adapter = (time.process_time() - start) / n
+        start = time.process_time()
+        fitted = finish_module(acc, SubspaceConfig(k=args.k))
+        solve = time.process_time() - start
+        out["shapes"].append(
+            {
+                "d": d,
+                "adapters": n,
+                "cpu_seconds_per_adapter_module": per_adapter,
+                "cpu_seconds_per_module_solve": solve,
+                "solver": fitted.basis.solver,
+            }
+        )
+        print(json.dumps(out["shapes"][-1]), flush=True)
+    out["load_average_after"] = os.getloadavg()[0]
+    return out
+
+
 def render_report(results: dict, out: Path) -> Path:
     cfg = results["config"]
     lines = [
@@ -278,10 +325,78 @@ def render_report(results: dict, out: Path) -> Path:
                     for e in engines
                 )
                 lines.append(f"| {row['module']} | {side} | {row[f'relative_gap_{side}']:.1e} | {cells} |")
+    if "projection" in results and results["runs"]:
+        lines += _projection_section(results)
     lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _projection_section(results: dict) -> list[str]:
+    """10,000 adapters of this shape (extrapolated from the measured run) and of a 7B shape (projected)."""
+    cfg, proj = results["config"], results["projection"]
+    shapes = {row["d"]: row for row in proj["shapes"]}
+    c2, c4 = shapes[2048]["cpu_seconds_per_adapter_module"], shapes[4096]["cpu_seconds_per_adapter_module"]
+    s2, s4 = shapes[2048]["cpu_seconds_per_module_solve"], shapes[4096]["cpu_seconds_per_module_solve"]
+    modules = 2 * cfg["layers"]
+    single = next(r for r in results["runs"] if r["engine_key"] == "single")
+    n = single["adapters"]
+    # what reading + parsing from files adds to the in-memory work, per adapter-module (CPU), in the measured run
+    measured_cpu = single["cpu_seconds_sampled"] / (n * modules)
+    overhead = max(measured_cpu - c2 - s2 / n, 0.0)
+    lines = [
+        "",
+        "## From the measured run to 10,000 adapters (EXTRAPOLATION, not measured)",
+        "",
+        f"In-memory CPU cost measured by `--project-only` (load average {proj['load_average_before']:.1f}): per "
+        f"adapter-module (balanced factors + the Gram and delta folds) {c2 * 1e3:.1f} ms at d=2048 and "
+        f"{c4 * 1e3:.1f} ms at d=4096; per module eigensolve (two sides, eigenvalues + top-{cfg['k']} vectors) "
+        f"{s2:.1f} s at d=2048 and {s4:.1f} s at d=4096. The measured single-process run spent "
+        f"{measured_cpu * 1e3:.1f} ms of CPU per adapter-module, so reading and parsing the files added "
+        f"~{overhead * 1e3:.1f} ms (bytes read scale with d, like that cost).",
+        "",
+        "| case | adapters | modules | CPU hours (sum over workers) | wall on 1 / 8 / 32 / 64 one-core workers |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(name: str, adapters: int, mods: int, per_adapter: float, per_solve: float) -> str:
+        cpu = adapters * mods * per_adapter + mods * per_solve
+        walls = []
+        for workers in (1, 8, 32, 64):
+            # modules x shards give the parallelism; the per-module solve is not split
+            wall = max(cpu / workers, per_solve + adapters * per_adapter * mods / workers)
+            walls.append(f"{wall / 3600:.2f} h")
+        return f"| {name} | {adapters:,} | {mods} | {cpu / 3600:.1f} | {' / '.join(walls)} |"
+
+    lines.append(row(f"measured shape, d=2048 ({n} measured)", 10_000, modules, c2 + overhead, s2))
+    lines.append(row("7B shape: 32 layers x q,v, d=4096, r=16", 10_000, 64, c4 + 2 * overhead, s4))
+    linear = "; ".join(
+        f"{r['engine']}: {r['fit_seconds'] * 10_000 / r['adapters'] / 3600:.1f} h, peak RSS unchanged "
+        f"(~{r['peak_rss_total_mib']:.0f} MiB: memory does not grow with the bank)"
+        for r in results["runs"]
+    )
+    lines += [
+        "",
+        f"10,000 adapters of the measured shape on this machine, scaling the measured fit time linearly in the "
+        f"number of adapters (EXTRAPOLATION; at {n} adapters the per-module solve is a small part): {linear}. "
+        "The bank would be 126 GB of fp32 files.",
+    ]
+    bytes_7b = 10_000 * 64 * 2 * 4096 * 16 * 4
+    worker_mib = [max(r.get("worker_peak_rss_mib", [0.0]) or [0.0]) for r in results["runs"]]
+    lines += [
+        "",
+        f"What the 7B case needs: the bank is {bytes_7b / 1e9:.0f} GB (fp32) and is read once (one pass: the "
+        "directions and the mean delta come from the same read); at the 64-worker wall time above that is "
+        f"{bytes_7b / 1e6 / max(1.0, (10_000 * 64 * (c4 + 2 * overhead) + 64 * s4) / 64):.0f} MB/s from "
+        "shared storage (an object store through fsspec, or a parallel file system), spread over the workers. "
+        "Memory per worker is one module's accumulator, 3 d^2 float64 (Gram A, Gram B, sum of deltas) plus up to "
+        "2 d pending columns per side, twice during a merge: ~2 GiB at d=4096 (4x the d=2048 worker peak "
+        f"measured here, {max(worker_mib):.0f} MiB). Parallelism: 64 modules x shards, so up to hundreds of "
+        "workers stay busy; beyond ~64 workers the per-module eigensolve (not split) sets the floor. The "
+        "scheduler holds each shard's adapter list (a few KB per adapter): ~100 MB for 10,000 adapters.",
+    ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="do not delete the bank at the end")
     parser.add_argument("--out", default=str(RESULTS), help="folder for results.json and report.md")
     parser.add_argument("--report-only", action="store_true", help="re-render report.md from results.json")
+    parser.add_argument(
+        "--project-only",
+        action="store_true",
+        help="only measure in-memory per adapter-module and per-module solve CPU time at d=2048 and 4096",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--bank", default="", help=argparse.SUPPRESS)
     parser.add_argument("--save", default="", help=argparse.SUPPRESS)
@@ -314,6 +434,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         print(render_report(json.loads((out / "results.json").read_text()), out))
+        return 0
+    if args.project_only:
+        from edge_eigenlora.fileio import write_json_atomic
+
+        results = json.loads((out / "results.json").read_text())
+        results["projection"] = project(args)
+        write_json_atomic(out / "results.json", results)
+        print(render_report(results, out))
         return 0
     from edge_eigenlora.fileio import write_json_atomic
 
