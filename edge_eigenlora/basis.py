@@ -7,30 +7,40 @@
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from edge_eigenlora import subspace
-from edge_eigenlora.adapters import AdapterBank
+from edge_eigenlora.adapters import AdapterBank, LoraAdapter, LoraFactors
 from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.fileio import read_safetensors, save_safetensors_atomic, tensors_fingerprint
 
 __all__ = [
     "BASIS_FORMAT",
     "BASIS_FORMAT_VERSION",
+    "BadAdapterSkipped",
     "Basis",
+    "Engine",
+    "FittedModule",
     "METHODS",
+    "ModuleAccumulator",
     "ModuleBasis",
+    "SolverFallbackWarning",
     "SubspaceConfig",
+    "accumulate_module",
+    "finish_module",
     "fit_basis",
     "fit_module",
     "load_basis",
     "plot_explained_variance",
     "save_basis",
+    "single_process",
     "variance_report",
 ]
 
@@ -38,6 +48,7 @@ BASIS_FORMAT = "edge-eigenlora-basis"
 BASIS_FORMAT_VERSION = 1
 Method = Literal["gauge_free", "factors"]
 METHODS: tuple[str, ...] = ("gauge_free", "factors")
+SOLVERS: tuple[str, ...] = ("iterative", "exact")
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,12 @@ class SubspaceConfig:
     variance_threshold: choose per module the smallest k reaching this explained variance on both sides.
     augment: extra random orthonormal directions orthogonal to the principal ones (seeded by `seed`).
     clip_k: when k exceeds the rank the stack supports, clip (with a warning) instead of refusing.
+    solver: "iterative" (default) takes the top-k directions of a wide stack's Gram matrix by subspace
+        iteration; "exact" by a full eigendecomposition (always used where the iteration cannot save time).
+    solver_tol: the iteration stops when every top-k Ritz pair's residual ||G v - theta v|| is below
+        solver_tol * theta_1; where `solver_max_iter` iterations do not reach it the fit falls back to the
+        exact solver for that module and side and warns (SolverFallbackWarning), so the result is never an
+        unconverged iterate.
     """
 
     method: Method = "gauge_free"
@@ -59,6 +76,9 @@ class SubspaceConfig:
     augment: int = 0
     seed: int = 0
     clip_k: bool = False
+    solver: Literal["iterative", "exact"] = "iterative"
+    solver_tol: float = 1e-8
+    solver_max_iter: int = 100
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -73,6 +93,24 @@ class SubspaceConfig:
             )
         if self.augment < 0:
             raise EdgeEigenLoraError(f"SubspaceConfig.augment must be >= 0, got {self.augment}.")
+        if self.solver not in SOLVERS:
+            raise EdgeEigenLoraError(f"SubspaceConfig.solver must be one of {SOLVERS}, got {self.solver!r}.")
+        if not (isinstance(self.solver_tol, int | float) and 0 < self.solver_tol < 1):
+            raise EdgeEigenLoraError(
+                f"SubspaceConfig.solver_tol must be in (0, 1), got {self.solver_tol!r} (1e-8 is the default)."
+            )
+        if not isinstance(self.solver_max_iter, int) or self.solver_max_iter < 1:
+            raise EdgeEigenLoraError(
+                f"SubspaceConfig.solver_max_iter must be an integer >= 1, got {self.solver_max_iter!r}."
+            )
+
+
+class SolverFallbackWarning(UserWarning):
+    """The top-k subspace iteration did not reach SubspaceConfig.solver_tol; the exact solver was used."""
+
+
+class BadAdapterSkipped(UserWarning):
+    """An adapter was left out of the fit (skip_bad=True); the basis records it under `skipped`."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +125,7 @@ class ModuleBasis:
     singular_values_B: np.ndarray
     adapters: tuple[str, ...]
     mean_core: np.ndarray  # (k+p) x (k+p): the bank's average delta W seen through the basis, for "bank" init
+    solver: dict[str, dict[str, Any]] = field(default_factory=dict)  # side -> how the directions were solved
 
     @property
     def width(self) -> int:
@@ -111,6 +150,7 @@ class Basis:
     base_model: str | None
     bank: tuple[str, ...]
     fingerprint: str = field(default="")
+    skipped: dict[str, str] = field(default_factory=dict)  # adapter -> why it was left out (skip_bad)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fingerprint", tensors_fingerprint(_tensors(self.modules)))
@@ -131,30 +171,98 @@ def _tensors(modules: dict[str, ModuleBasis]) -> dict[str, np.ndarray]:
     return out
 
 
-def _stack_sides(
-    bank: AdapterBank, module: str, method: str, shape: tuple[int, int]
-) -> tuple[subspace.StreamedPrincipalDirections, subspace.StreamedPrincipalDirections, int]:
-    """Stream the bank's factors of one module into the two sides' solvers: A_i^T (d_in x r_i), B_i (d_out x r_i).
+@dataclass
+class ModuleAccumulator:
+    """One module's streamed stacks over a shard of adapters: the unit that engines add up and merge.
 
-    Each adapter's module is read once and dropped, so a lazily loaded bank costs one module of memory.
+    Holds O(d^2) numbers whatever the shard's size; `adapters` keeps the order they were added in, `bad`
+    the adapters whose tensors could not be used (only filled when skip_bad is on; otherwise reading them
+    raises).
     """
-    d_out, d_in = shape
-    side_a, side_b = subspace.StreamedPrincipalDirections(d_in), subspace.StreamedPrincipalDirections(d_out)
-    count = 0
-    for adapter in bank.adapters_with(module):
-        f = adapter.modules[module]
-        A, B = subspace.balanced_factors(f.A, f.B) if method == "gauge_free" else (f.A, f.B)
-        side_a.add(np.asarray(A, np.float64).T)
-        side_b.add(np.asarray(B, np.float64))
-        count += 1
-    return side_a, side_b, count
+
+    module: str
+    shape: tuple[int, int]  # (d_out, d_in)
+    method: str
+    stack: subspace.FactorStack
+    adapters: list[str] = field(default_factory=list)
+    bad: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, module: str, shape: tuple[int, int], method: str) -> ModuleAccumulator:
+        return cls(module, tuple(shape), method, subspace.FactorStack(d_in=shape[1], d_out=shape[0]))
+
+    def add(self, name: str, factors: LoraFactors) -> None:
+        A, B = (
+            subspace.balanced_factors(factors.A, factors.B)
+            if self.method == "gauge_free"
+            else (factors.A, factors.B)
+        )
+        self.stack.add(np.asarray(A, np.float64).T, np.asarray(B, np.float64))
+        self.adapters.append(name)
+
+    def merge(self, other: ModuleAccumulator) -> ModuleAccumulator:
+        """The accumulation of both shards, self's adapters first (other is consumed)."""
+        if (other.module, other.shape, other.method) != (self.module, self.shape, self.method):
+            raise ValueError(f"cannot merge accumulations of {other.module!r} into {self.module!r}")
+        self.stack.merge(other.stack)
+        self.adapters += other.adapters
+        self.bad.update(other.bad)
+        return self
 
 
-def fit_module(bank: AdapterBank, module: str, config: SubspaceConfig) -> tuple[ModuleBasis, str | None]:
-    """Fit one module; returns the basis and a warning when k had to be clipped."""
-    side_a, side_b, count = _stack_sides(bank, module, config.method, bank.module_shapes[module])
-    s_a, rank_a = side_a.spectrum()
-    s_b, rank_b = side_b.spectrum()
+def accumulate_module(
+    adapters: Iterable[LoraAdapter],
+    module: str,
+    shape: tuple[int, int],
+    method: str,
+    *,
+    skip_bad: bool = False,
+    exclude: Collection[str] = (),
+) -> ModuleAccumulator:
+    """Read one module of each adapter (once, then dropped) into a ModuleAccumulator.
+
+    An adapter whose module cannot be read (corrupt bytes, NaN/Inf, a shape that disagrees) raises
+    EdgeEigenLoraError, or with skip_bad is recorded in `bad` and left out.
+    """
+    acc = ModuleAccumulator.empty(module, shape, method)
+    for adapter in adapters:
+        if module not in adapter.modules or adapter.name in exclude:
+            continue
+        try:
+            factors = adapter.modules[module]
+            if factors.shape != tuple(shape):
+                raise EdgeEigenLoraError(
+                    f"{adapter.path}: module {module!r} is {factors.shape} (d_out, d_in) but the bank's is "
+                    f"{tuple(shape)}: the adapter was not trained on this base model. Leave it out."
+                )
+        except EdgeEigenLoraError as exc:
+            if not skip_bad:
+                raise
+            acc.bad[adapter.name] = str(exc)
+            continue
+        acc.add(adapter.name, factors)
+    return acc
+
+
+@dataclass(frozen=True)
+class FittedModule:
+    """A module's basis plus what the driver must tell the user (clipping, solver fall-backs, bad adapters)."""
+
+    basis: ModuleBasis
+    notes: tuple[str, ...]
+    fallbacks: tuple[str, ...]
+    bad: dict[str, str]
+
+
+def finish_module(acc: ModuleAccumulator, config: SubspaceConfig) -> FittedModule:
+    """Eigensolve a module's accumulated stacks: top-k directions, augmentation, the bank's mean core."""
+    module, count = acc.module, len(acc.adapters)
+    if count == 0:
+        raise EdgeEigenLoraError(
+            f"module {module!r}: no usable adapter adapts it (all were left out as bad); nothing to fit."
+        )
+    s_a, rank_a = acc.stack.spectrum("A")
+    s_b, rank_b = acc.stack.spectrum("B")
     supported = min(rank_a, rank_b)
     if supported == 0:
         raise EdgeEigenLoraError(f"module {module!r}: every adapter's delta W is zero; nothing to fit.")
@@ -163,7 +271,7 @@ def fit_module(bank: AdapterBank, module: str, config: SubspaceConfig) -> tuple[
     else:
         thr = float(config.variance_threshold)  # type: ignore[arg-type]
         k = max(subspace.k_for_variance(s_a[:supported], thr), subspace.k_for_variance(s_b[:supported], thr))
-    warning = None
+    notes = []
     if k > supported:
         message = (
             f"module {module!r}: k={k} but the stack of {count} adapters supports only {supported} "
@@ -174,15 +282,29 @@ def fit_module(bank: AdapterBank, module: str, config: SubspaceConfig) -> tuple[
                 f"{message}. Choose k <= {supported}, add adapters to the bank, or allow clipping "
                 "(--clip-k / SubspaceConfig(clip_k=True))."
             )
-        warning = f"{message}; clipped to k={supported}."
+        notes.append(f"{message}; clipped to k={supported}.")
         k = supported
-    d_out, d_in = bank.module_shapes[module]
+    d_out, d_in = acc.shape
     p = config.augment
     if k + p > min(d_in, d_out):
         raise EdgeEigenLoraError(
             f"module {module!r}: k + augment = {k + p} exceeds the layer's dimension {min(d_in, d_out)}."
         )
-    basis_a, basis_b = side_a.directions(k), side_b.directions(k)
+    solves = {
+        side: acc.stack.directions(
+            side, k, tol=config.solver_tol, max_iter=config.solver_max_iter, solver=config.solver
+        )
+        for side in ("A", "B")
+    }
+    fallbacks = tuple(
+        f"module {module!r} side {side}: subspace iteration reached a relative residual of {sol.residual:.1e} "
+        f"after {sol.iterations} iterations, above SubspaceConfig.solver_tol={config.solver_tol:g}; used the "
+        "exact eigendecomposition instead (raise solver_max_iter, or set solver='exact' to skip the iteration)."
+        for side, sol in solves.items()
+        if not sol.converged
+    )
+    basis_a = subspace.canonical_signs(solves["A"].vectors)
+    basis_b = subspace.canonical_signs(solves["B"].vectors)
     aug_a = subspace.orthogonal_complement_directions(
         basis_a, p, np.random.default_rng(subspace.module_seed(config.seed, module, "A"))
     )
@@ -191,36 +313,115 @@ def fit_module(bank: AdapterBank, module: str, config: SubspaceConfig) -> tuple[
     )
     U_A = np.concatenate([basis_a, aug_a], axis=1)
     U_B = np.concatenate([basis_b, aug_b], axis=1)
-    users = bank.adapters_with(module)
-    mean_core = np.zeros((U_B.shape[1], U_A.shape[1]))
-    for adapter in users:  # second pass: the bank's mean delta W in basis coordinates, for init="bank"
-        f = adapter.modules[module]
-        mean_core += (U_B.T @ f.B.astype(np.float64)) @ (f.A.astype(np.float64) @ U_A)
-    mean_core /= len(users)
-    return (
-        ModuleBasis(
-            U_A=U_A.astype(np.float32),
-            U_B=U_B.astype(np.float32),
-            k=k,
-            p=p,
-            singular_values_A=s_a[: side_a.columns],
-            singular_values_B=s_b[: side_b.columns],
-            adapters=tuple(a.name for a in users),
-            mean_core=mean_core,
-        ),
-        warning,
+    # the bank's mean delta W in basis coordinates (for init="bank"), from the same single reading pass
+    mean_core = U_B.T @ acc.stack.delta_sum() @ U_A / count
+    solver = {
+        side: {"method": sol.method, "iterations": sol.iterations, "residual": float(f"{sol.residual:.3e}")}
+        for side, sol in solves.items()
+    }
+    basis = ModuleBasis(
+        U_A=U_A.astype(np.float32),
+        U_B=U_B.astype(np.float32),
+        k=k,
+        p=p,
+        singular_values_A=s_a[: acc.stack.columns],
+        singular_values_B=s_b[: acc.stack.columns],
+        adapters=tuple(acc.adapters),
+        mean_core=mean_core,
+        solver=solver,
     )
+    return FittedModule(basis=basis, notes=tuple(notes), fallbacks=fallbacks, bad=dict(acc.bad))
 
 
-def fit_basis(bank: AdapterBank, config: SubspaceConfig | None = None, *, progress: bool = True) -> Basis:
-    """Per adapted module and side, the top-k principal directions of the bank's stacked factors."""
+def fit_module(bank: AdapterBank, module: str, config: SubspaceConfig) -> tuple[ModuleBasis, str | None]:
+    """Fit one module; returns the basis and a warning when k had to be clipped."""
+    acc = accumulate_module(bank.adapters, module, bank.module_shapes[module], config.method)
+    fitted = finish_module(acc, config)
+    for message in fitted.fallbacks:
+        warnings.warn(message, SolverFallbackWarning, stacklevel=2)
+    return fitted.basis, (fitted.notes[0] if fitted.notes else None)
+
+
+class Engine(Protocol):
+    """Fits a list of modules of a bank, leaving out the adapters named in `exclude`."""
+
+    def __call__(
+        self,
+        bank: AdapterBank,
+        modules: list[str],
+        config: SubspaceConfig,
+        *,
+        skip_bad: bool,
+        exclude: Collection[str],
+        progress: bool,
+    ) -> dict[str, FittedModule]: ...
+
+
+def single_process(
+    bank: AdapterBank,
+    modules: list[str],
+    config: SubspaceConfig,
+    *,
+    skip_bad: bool,
+    exclude: Collection[str],
+    progress: bool,
+) -> dict[str, FittedModule]:
+    """The default engine: one module after the other in this process, one module of memory."""
+    out = {}
+    for module in tqdm(modules, desc="fitting subspace", unit="module", disable=not progress):
+        acc = accumulate_module(
+            bank.adapters,
+            module,
+            bank.module_shapes[module],
+            config.method,
+            skip_bad=skip_bad,
+            exclude=exclude,
+        )
+        out[module] = finish_module(acc, config)
+    return out
+
+
+def fit_basis(
+    bank: AdapterBank,
+    config: SubspaceConfig | None = None,
+    *,
+    progress: bool = True,
+    skip_bad: bool = False,
+    skipped: Mapping[str, str] | None = None,
+    engine: Engine | None = None,
+) -> Basis:
+    """Per adapted module and side, the top-k principal directions of the bank's stacked factors.
+
+    engine: None fits in this process (the default); `distributed_fit.DaskEngine(...)` spreads the work
+    over a Dask cluster and gives the same basis. skip_bad: an adapter that fails to read during the fit
+    is reported (BadAdapterSkipped), left out of every module (modules fitted before it was found are
+    fitted again without it) and listed in `Basis.skipped`, together with `skipped` (adapters left out
+    before the fit, e.g. by `bank_sources.open_bank`).
+    """
     config = config or SubspaceConfig()
-    modules = {}
-    for module in tqdm(bank.module_shapes, desc="fitting subspace", unit="module", disable=not progress):
-        modules[module], warning = fit_module(bank, module, config)
-        if warning:
-            tqdm.write(f"warning: {warning}")
-    return Basis(modules=modules, config=config, base_model=bank.base_model, bank=tuple(bank.names()))
+    engine = engine or single_process
+    left_out: dict[str, str] = dict(skipped or {})
+    results: dict[str, FittedModule] = {}
+    todo = list(bank.module_shapes)
+    while todo:
+        fitted = engine(bank, todo, config, skip_bad=skip_bad, exclude=set(left_out), progress=progress)
+        new_bad = {name: why for f in fitted.values() for name, why in f.bad.items() if name not in left_out}
+        results.update(fitted)
+        for name, why in new_bad.items():
+            warnings.warn(f"left out adapter {name!r}: {why}", BadAdapterSkipped, stacklevel=2)
+        left_out.update(new_bad)
+        # a module fitted before an adapter was found bad included it: fit it again without
+        todo = [m for m, f in results.items() if set(f.basis.adapters) & set(new_bad)]
+    modules = {m: results[m].basis for m in bank.module_shapes}
+    for m in bank.module_shapes:
+        for note in results[m].notes:
+            tqdm.write(f"warning: {note}")
+        for message in results[m].fallbacks:
+            warnings.warn(message, SolverFallbackWarning, stacklevel=2)
+    used = [name for name in bank.names() if name not in left_out]
+    return Basis(
+        modules=modules, config=config, base_model=bank.base_model, bank=tuple(used), skipped=left_out
+    )
 
 
 def _metadata(basis: Basis) -> dict[str, str]:
@@ -233,6 +434,7 @@ def _metadata(basis: Basis) -> dict[str, str]:
             "adapters": list(m.adapters),
             "explained_variance_A": round(m.explained()[0], 6),
             "explained_variance_B": round(m.explained()[1], 6),
+            "solver": m.solver,
         }
         for name, m in basis.modules.items()
     }
@@ -244,6 +446,7 @@ def _metadata(basis: Basis) -> dict[str, str]:
         "config": json.dumps(asdict(basis.config), sort_keys=True),
         "bank": json.dumps(list(basis.bank)),
         "modules": json.dumps(modules, sort_keys=True),
+        "skipped": json.dumps(basis.skipped, sort_keys=True),
     }
 
 
@@ -281,9 +484,13 @@ def load_basis(path: str | Path) -> Basis:
                 singular_values_B=tensors[f"{name}.singular_values_B"].astype(np.float64),
                 adapters=tuple(m["adapters"]),
                 mean_core=tensors[f"{name}.mean_core"].astype(np.float64),
+                solver=dict(m.get("solver", {})),
             )
             for name, m in info.items()
         }
+        skipped = json.loads(meta.get("skipped", "{}"))
+        if not isinstance(skipped, dict):
+            raise TypeError("field 'skipped' must be an object")
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise EdgeEigenLoraError(
             f"{path}: basis metadata is incomplete or malformed ({str(exc)[:100]!r}); re-fit it."
@@ -303,7 +510,13 @@ def load_basis(path: str | Path) -> Basis:
                 f"{path}: module {name!r} has k={m.k}, p={m.p} in the metadata but tensors U_A {m.U_A.shape}, "
                 f"U_B {m.U_B.shape}, mean_core {m.mean_core.shape}; the basis file is damaged: re-fit it."
             )
-    basis = Basis(modules=modules, config=config, base_model=meta.get("base_model") or None, bank=bank)
+    basis = Basis(
+        modules=modules,
+        config=config,
+        base_model=meta.get("base_model") or None,
+        bank=bank,
+        skipped=dict(skipped),
+    )
     if basis.fingerprint != meta.get("fingerprint"):
         raise EdgeEigenLoraError(
             f"{path}: the tensors do not match the stored fingerprint; the file was modified or corrupted. "

@@ -1,6 +1,7 @@
 """`edge-eigenlora`: one subcommand per workstation stage.
 
 edge-eigenlora fit ADAPTER_DIR... --out basis.safetensors     # the shared subspace of a bank
+    [--engine dask --workers N | --scheduler ADDRESS] [--skip-bad]  # (folder trees, list files, URLs)
 edge-eigenlora inspect basis.safetensors [--plot ev.png]      # what a basis holds
 edge-eigenlora train --basis B --task NAME|--train-file F      # coefficients (+ head) for a new task
 edge-eigenlora compress --basis B ADAPTER_DIR...               # bank adapters -> coefficients + error
@@ -50,7 +51,6 @@ def _refuse_existing_file(path: str | Path, what: str, overwrite: bool = False) 
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from edge_eigenlora.adapters import load_bank
     from edge_eigenlora.basis import (
         SubspaceConfig,
         fit_basis,
@@ -64,10 +64,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             "--k and --variance-threshold both choose the number of directions; give only one of them."
         )
     _refuse_existing_file(args.out, "basis file", args.overwrite)
-    bank = load_bank(_adapter_dirs(args.adapters), trust_pickle=args.trust_pickle)
-    missing = bank.missing()
-    for module, names in missing.items():
-        print(f"note: {module} is missing from {', '.join(names)}; its basis uses the other adapters")
     config = SubspaceConfig(
         method=args.method,
         k=None
@@ -77,11 +73,44 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         augment=args.augment,
         seed=args.seed,
         clip_k=args.clip_k,
+        solver=args.solver,
+        solver_tol=args.solver_tol,
     )
-    basis = fit_basis(bank, config)
+    if args.engine == "single" and (args.scheduler or args.workers):
+        raise EdgeEigenLoraError("--scheduler and --workers belong to --engine dask; add --engine dask.")
+    if args.trust_pickle:  # pickled adapters are read eagerly by load_bank (never by the streamed sources)
+        from edge_eigenlora.adapters import load_bank
+
+        bank, skipped = load_bank(_adapter_dirs(args.adapters), trust_pickle=True), {}
+    else:
+        from edge_eigenlora.bank_sources import open_bank
+
+        opened = open_bank(args.adapters, skip_bad=args.skip_bad, progress=True)
+        bank, skipped = opened.bank, opened.skipped
+    for module, names in bank.missing().items():
+        print(f"note: {module} is missing from {', '.join(names)}; its basis uses the other adapters")
+    if args.engine == "dask":
+        from edge_eigenlora.distributed_fit import fit_basis_dask
+
+        basis = fit_basis_dask(
+            bank,
+            config,
+            scheduler=args.scheduler,
+            workers=None if args.scheduler else (args.workers or 2),
+            skip_bad=args.skip_bad,
+            skipped=skipped,
+        )
+    else:
+        basis = fit_basis(bank, config, skip_bad=args.skip_bad, skipped=skipped)
     save_basis(basis, args.out)
+    for name, why in basis.skipped.items():
+        print(f"skipped {name}: {why}")
     rows = variance_report(basis)
-    print(f"basis {basis.short_id} from {len(bank.adapters)} adapters, {len(rows)} modules -> {args.out}")
+    print(f"basis {basis.short_id} from {len(basis.bank)} adapters, {len(rows)} modules -> {args.out}")
+    if basis.skipped:
+        print(
+            f"{len(basis.skipped)} bad adapter(s) left out (--skip-bad); listed in the basis metadata 'skipped'"
+        )
     print(
         f"mean explained variance at k: A {sum(r['explained_A'] for r in rows) / len(rows):.3f}, "
         f"B {sum(r['explained_B'] for r in rows) / len(rows):.3f}"
@@ -318,7 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("fit", help="fit the shared subspace (basis) of a bank of PEFT LoRA adapters")
-    p.add_argument("adapters", nargs="+", help="PEFT adapter folders, or folders that contain them")
+    p.add_argument(
+        "adapters",
+        nargs="+",
+        help="PEFT adapter folders, folder trees that contain them, list files (one location per line) or "
+        "fsspec URLs of any of these; read lazily, one module at a time",
+    )
     p.add_argument("--out", required=True, help="basis file to write (.safetensors)")
     p.add_argument(
         "--method",
@@ -348,7 +382,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trust-pickle",
         action="store_true",
-        help="allow adapter_model.bin files (loaded with torch.load(weights_only=True))",
+        help="allow adapter_model.bin files (loaded with torch.load(weights_only=True)); reads the bank eagerly",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out (and report) adapters that are corrupt, hold NaN/Inf, disagree in shape or name another "
+        "base model, instead of stopping at the first",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("single", "dask"),
+        default="single",
+        help="single: this process, one module at a time (default); dask: spread over a Dask cluster",
+    )
+    p.add_argument(
+        "--scheduler", default=None, help="with --engine dask: address of a running Dask scheduler"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="with --engine dask: start a local cluster of N workers (default 2)",
+    )
+    p.add_argument(
+        "--solver",
+        choices=("iterative", "exact"),
+        default="iterative",
+        help="top-k eigensolver of wide stacks: iterative (falls back to exact, with a warning, when it does "
+        "not converge) or exact",
+    )
+    p.add_argument(
+        "--solver-tol",
+        type=float,
+        default=1e-8,
+        help="convergence tolerance of the iterative solver (relative Ritz residual, default 1e-8)",
     )
     p.set_defaults(func=_cmd_fit)
 

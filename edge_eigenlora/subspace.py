@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = [
+    "EigenSolve",
+    "FactorStack",
     "StreamedPrincipalDirections",
     "balanced_factors",
+    "canonical_signs",
     "coefficients_to_factors",
     "explained_variance",
     "k_for_variance",
@@ -139,7 +143,7 @@ class StreamedPrincipalDirections:
         """The top-k principal directions (d x k)."""
         if self._gram is None:
             return self._u[:, :k]
-        return top_eigenvectors(self._gram, k)
+        return top_eigenvectors(self._gram, k).vectors
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, int]:
         """(U with every direction, singular values, numerical rank): the whole decomposition at once."""
@@ -147,29 +151,179 @@ class StreamedPrincipalDirections:
         return self.directions(min(self.dim, s.size)), s, rank
 
 
+class FactorStack:
+    """One module's two stacks [A_1^T ... A_N^T] (d_in x n), [B_1 ... B_N] (d_out x n) and sum_i B_i A_i, streamed.
+
+    The sum of deltas comes from the same blocks (sum_i B_i A_i = M_B M_A^T), so one reading pass gives the
+    directions and the bank's mean delta. While the stack is narrower than 2 max(d_in, d_out) columns it is
+    kept and solved exactly by SVD; beyond that blocks are folded into the Gram matrices. Partial stacks of
+    disjoint shards of adapters `merge` into the stack of their union (the unit of a tree reduction): the
+    result differs from adding the blocks one by one only in floating-point summation order.
+    """
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        self.d_in, self.d_out = d_in, d_out
+        self.columns = 0
+        self._a: list[np.ndarray] = []
+        self._b: list[np.ndarray] = []
+        self._pending = 0
+        self._gram_a: np.ndarray | None = None
+        self._gram_b: np.ndarray | None = None
+        self._delta: np.ndarray | None = None
+
+    @property
+    def _limit(self) -> int:
+        return 2 * max(self.d_in, self.d_out)
+
+    @property
+    def uses_gram(self) -> bool:
+        return self._gram_a is not None
+
+    def add(self, a_t: np.ndarray, b: np.ndarray) -> None:
+        """Add one adapter's factors: a_t = A^T (d_in x r), b = B (d_out x r), delta W = b @ a_t.T."""
+        a_t, b = np.asarray(a_t, np.float64), np.asarray(b, np.float64)
+        if a_t.shape[0] != self.d_in or b.shape[0] != self.d_out or a_t.shape[1] != b.shape[1]:
+            raise ValueError(
+                f"factors {a_t.shape}, {b.shape} do not fit a ({self.d_out}, {self.d_in}) module"
+            )
+        self._a.append(a_t)
+        self._b.append(b)
+        self._pending += a_t.shape[1]
+        self.columns += a_t.shape[1]
+        if self._pending >= self._limit:
+            self._fold()
+
+    def merge(self, other: FactorStack) -> FactorStack:
+        """The stack of both shards (self's adapters first); `other` is consumed."""
+        if (other.d_in, other.d_out) != (self.d_in, self.d_out):
+            raise ValueError("cannot merge the stacks of two different module shapes")
+        for name in ("_gram_a", "_gram_b", "_delta"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if theirs is not None:
+                setattr(self, name, theirs if mine is None else mine + theirs)
+        self._a += other._a
+        self._b += other._b
+        self._pending += other._pending
+        self.columns += other.columns
+        if self._pending >= self._limit:
+            self._fold()
+        return self
+
+    def _fold(self) -> None:
+        if not self._a:
+            return
+        sa, sb = np.concatenate(self._a, axis=1), np.concatenate(self._b, axis=1)
+        parts = (sa @ sa.T, sb @ sb.T, sb @ sa.T)
+        if self._gram_a is None:
+            self._gram_a, self._gram_b, self._delta = parts
+        else:
+            self._gram_a += parts[0]
+            self._gram_b += parts[1]
+            self._delta += parts[2]
+        self._a, self._b, self._pending = [], [], 0
+
+    def delta_sum(self) -> np.ndarray:
+        """sum_i B_i A_i (d_out x d_in)."""
+        if self._gram_a is None:
+            if not self._a:
+                return np.zeros((self.d_out, self.d_in))
+            return np.concatenate(self._b, axis=1) @ np.concatenate(self._a, axis=1).T
+        self._fold()
+        return self._delta  # type: ignore[return-value]
+
+    def spectrum(self, side: str) -> tuple[np.ndarray, int]:
+        """(singular values of one side's whole stack, largest first; numerical rank)."""
+        if self._gram_a is None:
+            stack = np.concatenate(self._a if side == "A" else self._b, axis=1)
+            s = np.linalg.svd(stack, compute_uv=False)
+            return s, numerical_rank(s, stack.shape)
+        self._fold()
+        gram = self._gram_a if side == "A" else self._gram_b
+        s = np.sqrt(np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None))
+        return s, numerical_rank(s, (gram.shape[0], self.columns), from_gram=True)
+
+    def directions(self, side: str, k: int, *, tol: float, max_iter: int, solver: str) -> EigenSolve:
+        """Top-k principal directions of one side: exact SVD of a narrow stack, else the Gram's eigenvectors."""
+        if self._gram_a is None:
+            stack = np.concatenate(self._a if side == "A" else self._b, axis=1)
+            u, _, _ = np.linalg.svd(stack, full_matrices=False)
+            return EigenSolve(u[:, :k], "exact_svd", 0, 0.0, True)
+        self._fold()
+        gram = self._gram_a if side == "A" else self._gram_b
+        return top_eigenvectors(gram, k, tol=tol, max_iter=max_iter, solver=solver)
+
+
+@dataclass(frozen=True)
+class EigenSolve:
+    """Top-k eigenvectors and how they were obtained, so a caller can say whether the iteration converged.
+
+    residual: max_i ||G v_i - theta_i v_i|| / theta_1 over the k returned vectors (0 for the exact solver's
+    own output is not claimed: it is measured the same way). method: "subspace_iteration" (converged),
+    "exact" (asked for, or no saving possible) or "exact_fallback" (the iteration did not reach `tol`).
+    """
+
+    vectors: np.ndarray
+    method: str
+    iterations: int
+    residual: float
+    converged: bool
+
+
+def _ritz_residual(gram: np.ndarray, vectors: np.ndarray) -> float:
+    values = np.einsum("ij,ij->j", vectors, gram @ vectors)
+    residual = np.linalg.norm(gram @ vectors - vectors * values, axis=0)
+    return float(residual.max(initial=0.0) / max(float(values.max(initial=0.0)), 1e-300))
+
+
 def top_eigenvectors(
-    gram: np.ndarray, k: int, *, oversample: int = 16, max_iter: int = 30, tol: float = 1e-10
-) -> np.ndarray:
+    gram: np.ndarray,
+    k: int,
+    *,
+    oversample: int = 16,
+    max_iter: int = 100,
+    tol: float = 1e-8,
+    solver: str = "iterative",
+) -> EigenSolve:
     """Top-k eigenvectors of a symmetric PSD matrix by block subspace iteration with Rayleigh-Ritz.
 
-    Each iteration is one d x d by d x (k + oversample) product, so k << d costs far less than a full eigh;
-    iteration stops when the Ritz values settle (relative change below `tol`). Seeded: deterministic.
+    Each iteration is one d x d by d x (k + oversample) product, so k << d costs far less than a full eigh.
+    It stops when every one of the k Ritz pairs has a relative residual ||G v - theta v|| / theta_1 <= `tol`
+    (by Davis-Kahan the angle to the exact top-k subspace is then <= tol / relative eigengap); when
+    `max_iter` iterations do not get there (a flat or near-degenerate spectrum around k + oversample) it
+    falls back to the exact eigendecomposition and says so in the result. Seeded: deterministic.
     """
     d = gram.shape[0]
     width = min(d, k + oversample)
-    if width >= d // 2:  # no saving: solve exactly
+    if solver == "exact" or width >= d // 2:  # asked for, or no saving: solve exactly
         values, vectors = np.linalg.eigh(gram)
-        return vectors[:, np.argsort(values)[::-1][:k]]
+        top = vectors[:, np.argsort(values)[::-1][:k]]
+        return EigenSolve(top, "exact", 0, _ritz_residual(gram, top), True)
     q, _ = np.linalg.qr(gram @ np.random.default_rng(0).standard_normal((d, width)))
-    previous = None
-    for _ in range(max_iter):
-        q, _ = np.linalg.qr(gram @ q)
-        ritz = np.linalg.eigvalsh(q.T @ gram @ q)[::-1][:k]
-        if previous is not None and np.max(np.abs(ritz - previous)) <= tol * max(ritz[0], 1e-300):
-            break
-        previous = ritz
-    values, vectors = np.linalg.eigh(q.T @ gram @ q)
-    return q @ vectors[:, np.argsort(values)[::-1][:k]]
+    residual = np.inf
+    for iteration in range(1, max_iter + 1):
+        z = gram @ q
+        h = q.T @ z
+        theta, w = np.linalg.eigh((h + h.T) / 2)
+        order = np.argsort(theta)[::-1]
+        theta, w = theta[order], w[:, order]
+        v, gv = q @ w, z @ w
+        top_residual = np.linalg.norm(gv[:, :k] - v[:, :k] * theta[:k], axis=0)
+        residual = float(top_residual.max() / max(theta[0], 1e-300))
+        if residual <= tol:
+            return EigenSolve(v[:, :k], "subspace_iteration", iteration, residual, True)
+        q, _ = np.linalg.qr(gv)
+    values, vectors = np.linalg.eigh(gram)
+    top = vectors[:, np.argsort(values)[::-1][:k]]
+    return EigenSolve(top, "exact_fallback", max_iter, residual, False)
+
+
+def canonical_signs(U: np.ndarray) -> np.ndarray:
+    """Flip each column so its largest-magnitude entry is positive: eigensolvers return either sign, and
+    a fixed convention makes bases from different engines (and their mean cores) comparable entry by entry."""
+    rows = np.argmax(np.abs(U), axis=0)
+    signs = np.sign(U[rows, np.arange(U.shape[1])])
+    signs[signs == 0] = 1.0
+    return U * signs
 
 
 def explained_variance(singular_values: np.ndarray) -> np.ndarray:
