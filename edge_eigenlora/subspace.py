@@ -222,6 +222,14 @@ class FactorStack:
             self._delta += parts[2]
         self._a, self._b, self._pending = [], [], 0
 
+    def gram(self, side: str) -> np.ndarray:
+        """M M^T of one side's whole stack (d x d): what the exact and iterative solvers both start from."""
+        if self._gram_a is None:
+            stack = np.concatenate(self._a if side == "A" else self._b, axis=1)
+            return stack @ stack.T
+        self._fold()
+        return self._gram_a if side == "A" else self._gram_b  # type: ignore[return-value]
+
     def delta_sum(self) -> np.ndarray:
         """sum_i B_i A_i (d_out x d_in)."""
         if self._gram_a is None:
