@@ -197,7 +197,7 @@ def validate(args: argparse.Namespace, bank: Path, saves: dict[str, Path]) -> di
     for i in picks:
         module = names[int(i)]
         acc = accumulate_module(opened.bank.adapters, module, opened.bank.module_shapes[module], "gauge_free")
-        grams = {"A": acc.stack._gram_a, "B": acc.stack._gram_b}
+        grams = {side: acc.stack.gram(side) for side in ("A", "B")}
         exact = finish_module(acc, SubspaceConfig(k=args.k, solver="exact")).basis
         ev = {side: np.linalg.eigvalsh(grams[side])[::-1] for side in ("A", "B")}
         row = {"module": module, "columns": acc.stack.columns}
@@ -289,6 +289,12 @@ def render_report(results: dict, out: Path) -> Path:
             f"{r['load_average_before']:.1f}/{r['load_average_after']:.1f} | {r['fallbacks']} |"
         )
     modules = cfg["layers"] * 2
+    lines += [
+        "",
+        "On cores shared with other jobs, two worker processes get a larger share of the machine than one process "
+        "does, and the load changed between the runs: read the wall times with the CPU seconds and the load "
+        "averages beside them. The single process runs numpy with 2 BLAS threads; each Dask worker with 1.",
+    ]
     lines += ["", "Throughput (adapter-modules per second of fit time, all modules):", ""]
     for r in results["runs"]:
         rate = r["adapters"] * modules / r["fit_seconds"]
@@ -416,9 +422,9 @@ def _projection_section(results: dict) -> list[str]:
         "directions and the mean delta come from the same read); at the 64-worker wall time above that is "
         f"{bytes_7b / 1e6 / max(1.0, (10_000 * 64 * (4 * c2 + 2 * overhead) + 64 * 8 * s2) / 64):.0f} MB/s (flop-scaled row) from "
         "shared storage (an object store through fsspec, or a parallel file system), spread over the workers. "
-        "Memory per worker is one module's accumulator, 3 d^2 float64 (Gram A, Gram B, sum of deltas) plus up to "
-        "2 d pending columns per side, twice during a merge: ~2 GiB at d=4096 (4x the d=2048 worker peak "
-        f"measured here, {max(worker_mib) or float('nan'):.0f} MiB). Parallelism: 64 modules x shards, so up to hundreds of "
+        "Memory per worker: what the d=2048 workers peaked at here (up to 2 modules in flight per worker, each an "
+        "accumulator of 3 d^2 float64 sums plus up to 2 d pending columns per side, two of them during a merge) "
+        f"times 4 for d=4096: ~{4 * max(worker_mib) / 1024:.1f} GiB (measured {max(worker_mib) or float('nan'):.0f} MiB). Parallelism: 64 modules x shards, so up to hundreds of "
         "workers stay busy; beyond ~64 workers the per-module eigensolve (not split) sets the floor. The "
         "scheduler holds each shard's adapter list (a few KB per adapter): ~100 MB for 10,000 adapters.",
     ]

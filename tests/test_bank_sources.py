@@ -194,3 +194,18 @@ def test_sources_that_are_not_banks_are_refused_with_the_fix(tmp_path):
     (folder / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(EdgeEigenLoraError, match="field 'lora_alpha' must be a positive finite number"):
         open_bank([folder])
+
+
+def test_cli_fit_refuses_a_bad_adapter_or_skips_and_reports_it(tree, tmp_path, capsys):
+    from edge_eigenlora.cli import main
+
+    root, dirs = tree
+    _corrupt(dirs[3])
+    out = tmp_path / "b.safetensors"
+    assert main(["fit", str(root), "--out", str(out), "--k", "6"]) == 2
+    err = capsys.readouterr().err
+    assert str(dirs[3] / "adapter_model.safetensors") in err and "--skip-bad" in err
+    assert main(["fit", str(root), "--out", str(out), "--k", "6", "--skip-bad"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped shard1/a3:" in printed and "basis" in printed and "from 7 adapters" in printed
+    assert list(load_basis(out).skipped) == ["shard1/a3"]
