@@ -38,7 +38,9 @@ __all__ = [
     "LoraFactors",
     "PICKLE_NAMES",
     "WEIGHTS_NAME",
+    "check_factor_values",
     "load_bank",
+    "parse_adapter_config",
     "read_adapter",
     "read_head",
     "write_head",
@@ -123,7 +125,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_rank(value: Any, path: Path, field: str) -> int:
+def _check_rank(value: Any, path: str | Path, field: str) -> int:
     if not _is_number(value) or not math.isfinite(value) or value != int(value) or value < 1:
         raise EdgeEigenLoraError(
             f"{path}: field {field} must be a positive whole number (the LoRA rank), found {value!r}. "
@@ -132,7 +134,7 @@ def _check_rank(value: Any, path: Path, field: str) -> int:
     return int(value)
 
 
-def _check_alpha(value: Any, path: Path, field: str) -> float:
+def _check_alpha(value: Any, path: str | Path, field: str) -> float:
     if not _is_number(value) or not math.isfinite(value) or value <= 0 or value > 1e12:
         raise EdgeEigenLoraError(
             f"{path}: field {field} must be a positive, finite number (LoRA's alpha), found {value!r}. "
@@ -141,7 +143,7 @@ def _check_alpha(value: Any, path: Path, field: str) -> float:
     return float(value)
 
 
-def _check_bool(config: dict[str, Any], key: str, path: Path) -> bool:
+def _check_bool(config: dict[str, Any], key: str, path: str | Path) -> bool:
     value = config.get(key)
     if value is None:
         return False
@@ -153,16 +155,41 @@ def _check_bool(config: dict[str, Any], key: str, path: Path) -> bool:
     return value
 
 
+def check_factor_values(array: np.ndarray, path: str | Path, module: str, side: str, tensor: str) -> None:
+    """Refuse NaN, Inf and values no LoRA factor has: the one check for every source of a bank."""
+    if not np.all(np.isfinite(array)):
+        raise EdgeEigenLoraError(
+            f"{path}: module {module!r} lora_{side} contains NaN or Inf (or values beyond float32's range) in "
+            f"tensor {tensor!r}. The adapter is broken; re-train it or leave it out of the bank (--skip-bad)."
+        )
+    peak = float(np.abs(array).max()) if array.size else 0.0
+    if peak > MAX_FACTOR_VALUE:
+        raise EdgeEigenLoraError(
+            f"{path}: tensor {tensor!r} (module {module!r} lora_{side}) holds values as large as {peak:.3g}; "
+            f"LoRA factors are of order 1 and this reader refuses anything above {MAX_FACTOR_VALUE:.0e}, where "
+            "the subspace fit would lose all precision. The adapter is broken or not a LoRA adapter; re-train it "
+            "or leave it out of the bank (--skip-bad)."
+        )
+
+
 def _read_config(folder: Path) -> dict[str, Any]:
-    """Read adapter_config.json and check every field this toolkit uses, so the scale is never wrong."""
+    """Read a local adapter folder's adapter_config.json (see `parse_adapter_config`)."""
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise EdgeEigenLoraError(
             f"{folder} is not a PEFT adapter folder: {CONFIG_NAME} is missing. "
             "Point to the folder written by PEFT's save_pretrained()."
         )
+    return parse_adapter_config(path.read_bytes(), path)
+
+
+def parse_adapter_config(data: bytes, path: str | Path) -> dict[str, Any]:
+    """Check every adapter_config.json field this toolkit uses, so the scale is never wrong; `path` names it.
+
+    The one check for every source (local folders, list files, fsspec URLs).
+    """
     try:
-        config = json.loads(path.read_bytes().decode("utf-8-sig"))
+        config = json.loads(data.decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise EdgeEigenLoraError(
             f"{path} is not valid JSON ({str(exc)[:200]}). Re-download or re-save the adapter."
@@ -347,20 +374,7 @@ def read_adapter(
         A = source.get(sides[module]["A"]).astype(np.float32)
         B = source.get(sides[module]["B"]).astype(np.float32)
         for side, array in (("A", A), ("B", B)):
-            if not np.all(np.isfinite(array)):
-                raise EdgeEigenLoraError(
-                    f"{source.path}: module {module!r} lora_{side} contains NaN or Inf (or values beyond "
-                    f"float32's range) in tensor {sides[module][side]!r}. The adapter is broken; re-train it "
-                    "or leave it out of the bank."
-                )
-            peak = float(np.abs(array).max()) if array.size else 0.0
-            if peak > MAX_FACTOR_VALUE:
-                raise EdgeEigenLoraError(
-                    f"{source.path}: tensor {sides[module][side]!r} (module {module!r} lora_{side}) holds "
-                    f"values as large as {peak:.3g}; LoRA factors are of order 1 and this reader refuses "
-                    f"anything above {MAX_FACTOR_VALUE:.0e}, where the subspace fit would lose all precision. "
-                    "The adapter is broken or not a LoRA adapter; re-train it or leave it out of the bank."
-                )
+            check_factor_values(array, source.path, module, side, sides[module][side])
         return LoraFactors(A=A, B=(B * np.float32(scales[module])).astype(np.float32))
 
     names = sorted(sides)

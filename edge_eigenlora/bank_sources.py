@@ -33,6 +33,8 @@ from edge_eigenlora.adapters import (
     LoraFactors,
     _pattern_value,
     _same_base,
+    check_factor_values,
+    parse_adapter_config,
 )
 from edge_eigenlora.errors import EdgeEigenLoraError
 
@@ -157,6 +159,7 @@ class _Tensor:
     shape: tuple[int, ...]
     start: int  # absolute byte offsets in the file
     end: int
+    key: str  # the tensor's name in the file
 
 
 @dataclass(frozen=True)
@@ -195,12 +198,8 @@ class AdapterSource:
         """Read one module's factors (scale folded into B); NaN or Inf is refused with the file and field."""
         a, b, scale = self.tensors[module]
         A, B = self._array(module, "A", a), self._array(module, "B", b)
-        for side, array in (("A", A), ("B", B)):
-            if not np.all(np.isfinite(array)):
-                raise EdgeEigenLoraError(
-                    f"{self.weights}: tensor of module {module!r} lora_{side} contains NaN or Inf. The adapter "
-                    "is broken: re-train it, or leave it out of the bank (--skip-bad / skip_bad=True)."
-                )
+        for side, array, tensor in (("A", A, a), ("B", B, b)):
+            check_factor_values(array, self.weights, module, side, tensor.key)
         return LoraFactors(A=A, B=(B * np.float32(scale)).astype(np.float32))
 
     def adapter(self) -> LoraAdapter:
@@ -214,47 +213,13 @@ class AdapterSource:
         )
 
 
-def _number(config: dict[str, Any], key: str, where: str) -> float:
-    value = config.get(key)
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise EdgeEigenLoraError(
-            f"{where}: field {key!r} must be a positive finite number, found {value!r}. Fix the config."
-        )
-    return float(value)
-
-
 def _config(location: str) -> dict[str, Any]:
     where = _join(location, CONFIG_NAME)
     try:
-        config = json.loads(_read_bytes(where).decode())
-    except (OSError, FileNotFoundError) as exc:
+        data = _read_bytes(where)
+    except OSError as exc:
         raise EdgeEigenLoraError(f"{where} could not be read ({exc}).") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgeEigenLoraError(
-            f"{where} is not valid JSON ({exc}). Re-download or re-save the adapter."
-        ) from exc
-    if not isinstance(config, dict):
-        raise EdgeEigenLoraError(f"{where} must hold a JSON object, found {type(config).__name__}.")
-    if str(config.get("peft_type", "LORA")).upper() != "LORA":
-        raise EdgeEigenLoraError(
-            f"{where}: field 'peft_type' is {config.get('peft_type')!r}; only LoRA adapters can be recycled."
-        )
-    if config.get("use_dora"):
-        raise EdgeEigenLoraError(f"{where}: field 'use_dora' is true; use plain LoRA adapters.")
-    _number(config, "r", where)
-    _number(config, "lora_alpha", where)
-    for key in ("rank_pattern", "alpha_pattern"):
-        patterns = config.get(key) or {}
-        if not isinstance(patterns, dict):
-            raise EdgeEigenLoraError(f"{where}: field {key!r} must map module patterns to numbers.")
-        for pattern in patterns:
-            _number(patterns, pattern, f"{where} {key}")
-    return config
+    return parse_adapter_config(data, where)
 
 
 def _header(weights: str) -> dict[str, _Tensor]:
@@ -288,7 +253,9 @@ def _header(weights: str) -> dict[str, _Tensor]:
         if dtype not in _DTYPES:
             if "lora_" in key:
                 raise EdgeEigenLoraError(
-                    f"{weights}: tensor {key!r} has dtype {dtype}; LoRA factors must be F32, F16, BF16 or F64."
+                    f"{weights}: tensor {key!r} is {dtype}; LoRA factors must be F32, F16, BF16 or F64 (quantized "
+                    "factors carry no scale this reader can trust): de-quantize the adapter to "
+                    "float16/bfloat16/float32 and save it again."
                 )
             continue
         nbytes = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize
@@ -298,7 +265,7 @@ def _header(weights: str) -> dict[str, _Tensor]:
                 f"{weights}: tensor {key!r} ({dtype} {list(shape)}) claims bytes {begin}-{end} but the file "
                 f"holds {size - 8 - length} data bytes. {fix}"
             )
-        out[key] = _Tensor(dtype, shape, start, stop)
+        out[key] = _Tensor(dtype, shape, start, stop, key)
     return out
 
 

@@ -192,7 +192,7 @@ def test_sources_that_are_not_banks_are_refused_with_the_fix(tmp_path):
     config = json.loads((folder / "adapter_config.json").read_text())
     config["lora_alpha"] = float("nan")
     (folder / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(EdgeEigenLoraError, match="field 'lora_alpha' must be a positive finite number"):
+    with pytest.raises(EdgeEigenLoraError, match="field 'lora_alpha' must be a positive, finite number"):
         open_bank([folder])
 
 

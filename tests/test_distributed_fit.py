@@ -104,7 +104,7 @@ def test_dask_skips_a_bad_adapter_like_the_single_process_fit(client, tmp_path):
     bank = open_bank([tmp_path]).bank
     config = SubspaceConfig(k=6)
     with pytest.raises(
-        EdgeEigenLoraError, match=r"a13/adapter_model.safetensors: tensor of module 'layers.1.q'"
+        EdgeEigenLoraError, match=r"a13/adapter_model.safetensors: module 'layers.1.q' lora_A contains NaN"
     ):
         fit_basis(bank, config, progress=False, engine=DaskEngine(client, shard_size=5))
     with pytest.warns(BadAdapterSkipped):

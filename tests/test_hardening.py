@@ -177,7 +177,9 @@ def test_bad_adapter_config_fields_are_refused_with_file_field_and_fix(tmp_path,
     before = snapshot(tmp_path)
     code, _, err = run_cli(capsys, ["fit", bank, "--out", tmp_path / "basis.safetensors", "--k", "4"])
     assert code == 2 and "Traceback" not in err
-    assert err.startswith(f"edge-eigenlora fit: error: {config_path}: ")
+    assert (
+        err.strip().splitlines()[-1].startswith(f"edge-eigenlora fit: error: {config_path}: ")
+    )  # after progress
     assert re.search(message, err), err
     assert re.search(r"Set it to|Write use_|Use the module's name|use plain LoRA|must be a string", err)
     assert snapshot(tmp_path) == before
@@ -543,13 +545,13 @@ def test_device_train_refuses_a_symlinked_or_foreign_checkpoint(device_bundle, t
 
 
 def _checkpoint(bundle: Path, data: Path, lr: float = 5e-3) -> Path:
-    """A checkpoint as the CLI's defaults would leave it after one step (batch 16, seed 0, 15% validation)."""
+    """A checkpoint as the CLI's defaults would leave it after one step (the library's defaults, 15% validation)."""
     from edge_eigenlora.runtime import DeviceRuntime
     from edge_eigenlora.runtime.trainer import DeviceTrainConfig, GradientTrainer
 
     examples = read_labelled_file(data)
     path = bundle / ".checkpoints" / "new.safetensors"
-    config = DeviceTrainConfig(batch_size=16, lr=lr, max_steps=1, checkpoint_every=1)
+    config = DeviceTrainConfig(lr=lr, max_steps=1, checkpoint_every=1)
     GradientTrainer(
         DeviceRuntime(bundle),
         "new",
