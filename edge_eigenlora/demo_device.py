@@ -707,6 +707,10 @@ def product_figures(
             "tasks": [held_out, second],
             "p50_switch_minus_same_ms": sw["switch_minus_same_ms"]["p50"],
             "p50_control_minus_same_ms": sw["control_minus_same_ms"]["p50"],
+            "control_iqr_ms": sw["control_minus_same_ms"]["p75"] - sw["control_minus_same_ms"]["p25"],
+            # Resolved only when the switch's p50 differs from the no-switch control's by more than the control's IQR.
+            "resolved": abs(sw["switch_minus_same_ms"]["p50"] - sw["control_minus_same_ms"]["p50"])
+            > sw["control_minus_same_ms"]["p75"] - sw["control_minus_same_ms"]["p25"],
             "p50_run_after_switch_ms": sw["run_after_switch_ms"]["p50"],
             "p50_run_same_task_ms": sw["run_same_task_ms"]["p50"],
             "p50_new_session_load_plus_first_run_ms": phone_run["new_session"]["load_plus_first_run_ms_p50"],
@@ -768,8 +772,8 @@ def final_table(figures: dict[str, Any]) -> list[str]:
         (
             "task switch: after-switch - same, p50",
             f"{s['p50_switch_minus_same_ms']:+.3f} ms",
-            f"control (no switch) {s['p50_control_minus_same_ms']:+.3f} ms",
-            "",
+            f"control (no switch) {s['p50_control_minus_same_ms']:+.3f} ms, IQR {s['control_iqr_ms']:.3f} ms",
+            "resolved" if s["resolved"] else "in noise",
         ),
         (
             "  run after a switch vs new session",
@@ -791,8 +795,8 @@ def final_table(figures: dict[str, Any]) -> list[str]:
             "",
         ),
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     head = ("figure", "edge-eigenlora", "reference", "ratio")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
