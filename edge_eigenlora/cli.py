@@ -8,7 +8,7 @@ edge-eigenlora compress --basis B ADAPTER_DIR...               # bank adapters -
 edge-eigenlora to-peft --basis B --task T.safetensors --out D  # any task -> a standard PEFT folder
 edge-eigenlora build-bank --tasks A B ... --cache-dir D        # train real PEFT LoRA adapters
 edge-eigenlora data                                            # list the real tasks installed here
-edge-eigenlora demo                                            # the whole job on the real MiniLM
+edge-eigenlora demo                                            # the whole product on the real MiniLM
 """
 
 from __future__ import annotations
@@ -496,9 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser(
-        "demo", help="the whole job end to end on the real all-MiniLM-L6-v2 (about 10 minutes)"
+        "demo",
+        help="the whole product end to end on the real all-MiniLM-L6-v2: bank, basis, new task, phone bundle, "
+        "device runtime, task switch, training on the device",
     )
-    p.add_argument("--out-dir", default="out/demo", help="where the basis, task, plot and summary go")
+    p.add_argument(
+        "--out-dir", default="out/demo", help="where the basis, tasks, bundles, plot and summary go"
+    )
     p.add_argument("--cache-dir", default=None, help="adapter cache (default ~/.cache/edge-eigenlora/demo)")
     p.set_defaults(func=_cmd_demo)
     return parser
