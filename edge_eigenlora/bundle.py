@@ -79,6 +79,7 @@ __all__ = [
     "add_task_object",
     "check_task_fits",
     "check_task_name",
+    "graph_bytes",
     "graph_file",
     "graph_input_names",
     "graph_output_names",
@@ -863,6 +864,15 @@ def row_feeds(per_task: Sequence[dict[str, np.ndarray]]) -> tuple[dict[str, np.n
         hw[i, : counts[i]], hb[i, : counts[i]] = f[HEAD_WEIGHT], f[HEAD_BIAS]
     feeds.update({HEAD_WEIGHT: hw, HEAD_BIAS: hb})
     return feeds, counts
+
+
+def graph_bytes(manifest: Manifest, variant: str) -> int:
+    """What one graph costs on its own: its .onnx plus every distinct external tensor it reads."""
+    entry = manifest.graph(variant)
+    path = inside_bundle(manifest.root, entry.file, str(manifest.path))
+    tensors = onnx_external_tensors(path.read_bytes(), f"graph file {entry.file}")
+    distinct = {(t["location"], t["offset"], t["length"]) for t in tensors}
+    return path.stat().st_size + sum(length or 0 for _, _, length in distinct)
 
 
 def list_tasks(bundle: str | os.PathLike[str]) -> list[dict[str, Any]]:

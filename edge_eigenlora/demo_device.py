@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_eigenlora.bundle import SHARED, TRAIN_STEP, graph_bytes, read_manifest
+
 __all__ = [
     "BLOCKED_MODULES",
     "FP32_RECIPE",
@@ -288,7 +290,7 @@ def runner_main(spec_path: str | os.PathLike[str], result_path: str | os.PathLik
         for _ in range(int(spec.get("new_sessions", 3))):
             rt.close()
             t0 = time.perf_counter()
-            rt.session("shared")
+            rt.session(SHARED)
             t1 = time.perf_counter()
             rt.run(text, task=tasks[1], batch_size=1)
             t2 = time.perf_counter()
@@ -329,7 +331,7 @@ def run_device_runner(
 
 # The phone recipe (export/phone.json): int8 base (dynamic MatMulInteger) + int8 basis, .ort for ORT Mobile.
 PHONE_RECIPE: dict[str, Any] = {
-    "variants": ("shared",),
+    "variants": (SHARED,),
     "basis_quant": "int8",
     "base_quant": "int8",
     "precision": "fp32",
@@ -338,7 +340,7 @@ PHONE_RECIPE: dict[str, Any] = {
 }
 # The reference: the same graph with nothing quantized, no .ort, no train step.
 FP32_RECIPE: dict[str, Any] = {
-    "variants": ("shared",),
+    "variants": (SHARED,),
     "basis_quant": "none",
     "base_quant": "none",
     "precision": "fp32",
@@ -414,10 +416,6 @@ def folder_bytes(folder: str | os.PathLike[str]) -> dict[str, int]:
     }
 
 
-def _graph_bytes(files: dict[str, int], stem: str, suffixes: tuple[str, ...]) -> int:
-    return sum(n for f, n in files.items() if f.startswith(stem) and f.endswith(suffixes))
-
-
 def export_bundles(
     model_name: str,
     basis_path: str | os.PathLike[str],
@@ -469,14 +467,17 @@ def export_bundles(
         }
         if progress:
             progress.note(f"{key} bundle: {_mb(result[key]['bytes'])} in {result[key]['seconds']:.0f} s")
-    phone, fp32 = result["phone"]["files"], result["fp32"]["files"]
-    ort_bytes = _graph_bytes(phone, "model_shared", (".ort",))
+    phone, fp32 = (read_manifest(result[k]["path"]) for k in ("phone", "fp32"))
+    shared = phone.graph(SHARED)
+    ort_bytes = (phone.root / shared.ort_file).stat().st_size if shared.ort_file else 0
     result["inference_graph"] = {
         "phone_format": ".ort" if ort_bytes else ".onnx",
-        "phone_bytes": ort_bytes or _graph_bytes(phone, "model_shared", (".onnx", ".data")),
-        "fp32_onnx_bytes": _graph_bytes(fp32, "model_shared", (".onnx", ".data")),
+        "phone_bytes": ort_bytes or graph_bytes(phone, SHARED),
+        "fp32_onnx_bytes": graph_bytes(fp32, SHARED),
     }
-    result["train_step_graph_bytes"] = _graph_bytes(phone, "model_train_step", (".onnx", ".ort", ".data"))
+    train = phone.graph(TRAIN_STEP)
+    train_ort = (phone.root / train.ort_file).stat().st_size if train.ort_file else 0
+    result["train_step_graph_bytes"] = graph_bytes(phone, TRAIN_STEP) + train_ort
     return result
 
 

@@ -112,18 +112,11 @@ def test_train_graph_manifest_entry_and_size(real):
     assert all(not op.startswith("com.") for op in entry.op_counts)
 
 
-def _graph_alone_bytes(root, entry):
-    """What one graph costs on its own: its .onnx plus every distinct external tensor it reads."""
-    tensors = bundle.onnx_external_tensors((root / entry.file).read_bytes())
-    distinct = {(t["location"], t["offset"], t["length"]) for t in tensors}
-    return (root / entry.file).stat().st_size + sum(length for _, _, length in distinct)
-
-
 def test_four_graphs_cost_at_most_1_3x_one_graph(real):
     """shared + per_row + merged + train step store the frozen weights once (target: <= 1.3x one graph)."""
     manifest = bundle.verify_bundle(real["bundle"])
     assert manifest.variants == ("shared", "per_row", "merged", "train_step")
-    one = _graph_alone_bytes(real["bundle"], manifest.graph("shared"))
+    one = bundle.graph_bytes(manifest, "shared")
     graph_files = {f for g in manifest.graphs for f in (g.file, *g.external_data)}
     total = sum((real["bundle"] / f).stat().st_size for f in graph_files)
     assert one > 80e6  # the real model's fp32 weights are in there (~86 MiB)
