@@ -28,3 +28,50 @@ def tiny_llama_bank_dirs(root: Path, n: int = 3) -> list[Path]:
             )
         dirs.append(write_peft_adapter(Path(root) / f"a{i}", mods, r=4, alpha=4, base_model="tiny-llama"))
     return dirs
+
+
+TINY_MODULES = [f"encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
+POS = ["good", "great", "lovely", "excellent", "wonderful", "superb"]
+NEG = ["bad", "awful", "terrible", "poor", "horrible", "dreadful"]
+FILLER = ["the", "film", "was", "really", "quite", "a", "story", "and", "day", "food", "service", "it"]
+
+
+def keyword_data(n: int, seed: int) -> tuple[list[str], list[int]]:
+    """Texts whose label is which word family they contain: learnable by a tiny random encoder + head."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = i % 2
+        words = list(rng.choice(FILLER, 5)) + [rng.choice(NEG if label else POS)]
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+def tiny_bert(vocab_size: int, max_positions: int = 64):
+    """A seeded 2-layer BERT (hidden 32) with eager attention, for fast exports of the bundle's graphs."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+        attn_implementation="eager",
+    )
+    return BertModel(config).eval()
+
+
+def tiny_bert_bank_dirs(root: Path, seed: int = 0) -> list[Path]:
+    """Three synthetic PEFT adapters (r=4) on the tiny BERT's query/value projections."""
+    rng = np.random.default_rng(seed)
+    dirs = []
+    for i in range(3):
+        mods = {m: (rng.standard_normal((4, 32)), rng.standard_normal((32, 4))) for m in TINY_MODULES}
+        dirs.append(write_peft_adapter(Path(root) / f"a{i}", mods, r=4, alpha=4, base_model="tiny-bert"))
+    return dirs

@@ -26,11 +26,10 @@ from edge_eigenlora.export_cli import add_export_commands, load_recipe
 from edge_eigenlora.fileio import save_safetensors_atomic, sha256_file
 from edge_eigenlora.model import TextClassifier, apply_task, attach_basis, eigenlora_layers, task_from_model
 from edge_eigenlora.task import save_task
-from tests.helpers import write_peft_adapter
+from tests.helpers import tiny_bert_bank_dirs
 
 RANK = 4
 RECIPES = Path(__file__).resolve().parents[1] / "export"
-MODULES = [f"encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
 TEXTS = [
     "The film was a delight.",
     "Ich habe heute keine Zeit.",
@@ -62,12 +61,7 @@ def tiny_bert(tmp_path_factory, minilm):
 
 
 def _basis(root, seed, k=8):
-    rng = np.random.default_rng(seed)
-    dirs = []
-    for i in range(3):
-        mods = {m: (rng.standard_normal((4, 32)), rng.standard_normal((32, 4))) for m in MODULES}
-        dirs.append(write_peft_adapter(root / f"a{i}", mods, r=4, alpha=4, base_model="tiny-bert"))
-    return fit_basis(load_bank(dirs), SubspaceConfig(k=k), progress=False)
+    return fit_basis(load_bank(tiny_bert_bank_dirs(root, seed)), SubspaceConfig(k=k), progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -31,50 +31,17 @@ from edge_eigenlora.demo_device import (
 from edge_eigenlora.model import TextClassifier, attach_basis, task_from_model
 from edge_eigenlora.runtime import DeviceRuntime, RuntimeOptions
 from edge_eigenlora.task import save_task
-from tests.helpers import write_peft_adapter
+from tests.helpers import keyword_data, tiny_bert, tiny_bert_bank_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = [f"encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
-POS = ["good", "great", "lovely", "excellent", "wonderful", "superb"]
-NEG = ["bad", "awful", "terrible", "poor", "horrible", "dreadful"]
-FILLER = ["the", "film", "was", "really", "quite", "a", "story", "and", "day", "food", "service", "it"]
-
-
-def keyword_data(n, seed):
-    rng = np.random.default_rng(seed)
-    texts, labels = [], []
-    for i in range(n):
-        label = i % 2
-        words = list(rng.choice(FILLER, 5)) + [rng.choice(NEG if label else POS)]
-        rng.shuffle(words)
-        texts.append(" ".join(words))
-        labels.append(label)
-    return texts, labels
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory, minilm):
-    from transformers import BertConfig, BertModel
-
     _, tokenizer = minilm
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    model = BertModel(config).eval()
+    model = tiny_bert(tokenizer.vocab_size)
     root = tmp_path_factory.mktemp("demo_device")
-    rng = np.random.default_rng(0)
-    dirs = []
-    for i in range(3):
-        mods = {m: (rng.standard_normal((4, 32)), rng.standard_normal((32, 4))) for m in MODULES}
-        dirs.append(write_peft_adapter(root / "bank" / f"a{i}", mods, r=4, alpha=4, base_model="tiny-bert"))
-    basis = fit_basis(load_bank(dirs), SubspaceConfig(k=8), progress=False)
+    basis = fit_basis(load_bank(tiny_bert_bank_dirs(root / "bank")), SubspaceConfig(k=8), progress=False)
     basis_path = save_basis(basis, root / "basis.safetensors")
     tasks = []
     for name, labels, seed in (("held", ["x", "y", "z"], 3), ("other", ["p", "q"], 4)):

@@ -40,52 +40,19 @@ from edge_eigenlora.runtime.trainer import (
 from edge_eigenlora.runtime.zeroth_order import ZerothOrderTrainer, ZOConfig
 from edge_eigenlora.task import load_task, save_task
 from edge_eigenlora.train_graph import add_train_step
-from tests.helpers import write_peft_adapter
+from tests.helpers import keyword_data, tiny_bert, tiny_bert_bank_dirs
 
 RANK = 4
-MODULES = [f"encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
 ROOT = Path(__file__).resolve().parents[1]
-POS = ["good", "great", "lovely", "excellent", "wonderful", "superb"]
-NEG = ["bad", "awful", "terrible", "poor", "horrible", "dreadful"]
-FILLER = ["the", "film", "was", "really", "quite", "a", "story", "and", "day", "food", "service", "it"]
-
-
-def keyword_data(n, seed):
-    """Texts whose label is which word family they contain: learnable by a tiny random encoder + head."""
-    rng = np.random.default_rng(seed)
-    texts, labels = [], []
-    for i in range(n):
-        label = i % 2
-        words = list(rng.choice(FILLER, 5)) + [rng.choice(NEG if label else POS)]
-        rng.shuffle(words)
-        texts.append(" ".join(words))
-        labels.append(label)
-    return texts, labels
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, minilm):
     """A tiny BERT bundle with shared + per_row + train_step graphs, and one task t0 (3 labels)."""
-    from transformers import BertConfig, BertModel
-
     _, tokenizer = minilm
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    model = BertModel(config).eval()
+    model = tiny_bert(tokenizer.vocab_size)
     root = tmp_path_factory.mktemp("rt")
-    rng = np.random.default_rng(0)
-    dirs = []
-    for i in range(3):
-        mods = {m: (rng.standard_normal((4, 32)), rng.standard_normal((32, 4))) for m in MODULES}
-        dirs.append(write_peft_adapter(root / "bank" / f"a{i}", mods, r=4, alpha=4, base_model="tiny-bert"))
+    dirs = tiny_bert_bank_dirs(root / "bank")
     basis = fit_basis(load_bank(dirs), SubspaceConfig(k=8), progress=False)
     basis_path = save_basis(basis, root / "basis.safetensors")
     clf = TextClassifier(attach_basis(copy.deepcopy(model), basis, rank=RANK), num_labels=3)
