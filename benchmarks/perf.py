@@ -198,32 +198,9 @@ def promote_to_inputs(model: Any, names: list[str]) -> Any:
 
 def quantize_except(model: Any, mode: str, exclude: list[str]) -> Any:
     """Base-model quantization (as edge_eigenlora.quantize does) leaving the `exclude` MatMuls in fp32."""
-    import logging
-    import tempfile
-
-    import onnx
-
     from edge_eigenlora import quantize
 
-    if mode == "none":
-        return model
-    if mode == "int4":
-        return quantize.matmul_nbits(model, exclude, 32)
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger().setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        onnx.save_model(model, str(src))
-        quantize_dynamic(
-            src,
-            dst,
-            op_types_to_quantize=["MatMul"],
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude,
-        )
-        return onnx.load(str(dst))
+    return quantize.quantize_base(model, mode, block_size=32, exclude=exclude)
 
 
 def build(config: dict[str, Any]) -> Path:

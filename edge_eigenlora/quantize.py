@@ -151,13 +151,13 @@ def quantize_basis(model: Any, mode: str, *, block_size: int = 32) -> Any:
     raise EdgeEigenLoraError(f"basis quantization must be none, int8 or int4, got {mode!r}.")
 
 
-def quantize_base(model: Any, mode: str, *, block_size: int = 32) -> Any:
-    """Quantize the base model's constant-weight MatMuls; basis MatMuls are left as they are."""
+def quantize_base(model: Any, mode: str, *, block_size: int = 32, exclude: list[str] | None = None) -> Any:
+    """Quantize the base model's constant-weight MatMuls, leaving `exclude` (default: the basis MatMuls) fp32."""
     import onnx
 
     if mode == "none":
         return model
-    exclude = basis_nodes(model)
+    exclude = basis_nodes(model) if exclude is None else exclude
     if mode == "int4":
         return matmul_nbits(model, exclude, block_size)
     if mode != "int8":

@@ -37,3 +37,14 @@ def minilm_bank_dirs(tmp_path_factory):
             )
         )
     return dirs
+
+
+@pytest.fixture
+def bank_dir(tmp_path):
+    """Three tiny synthetic PEFT adapters (two modules, 24 -> 20, r=4) in tmp_path/bank: for the CLI tests."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "bank"
+    for i in range(3):
+        mods = {f"l{j}.q": (rng.standard_normal((4, 24)), rng.standard_normal((20, 4))) for j in range(2)}
+        write_peft_adapter(root / f"adapter{i}", mods, r=4, alpha=8)
+    return root

@@ -2,23 +2,11 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from edge_eigenlora.basis import load_basis
 from edge_eigenlora.cli import main
 from edge_eigenlora.task import load_task
-from tests.helpers import write_peft_adapter
-
-
-@pytest.fixture
-def bank_dir(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "bank"
-    for i in range(3):
-        mods = {f"l{j}.q": (rng.standard_normal((4, 24)), rng.standard_normal((20, 4))) for j in range(2)}
-        write_peft_adapter(root / f"adapter{i}", mods, r=4, alpha=8)
-    return root
 
 
 def test_fit_inspect_compress_to_peft(tmp_path, bank_dir, capsys):

@@ -212,14 +212,6 @@ def test_huge_finite_adapter_values_are_refused(tmp_path, capsys):
 
 
 # -- workstation CLI ----------------------------------------------------------------------------------------
-@pytest.fixture
-def bank_dir(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "bank"
-    for i in range(3):
-        mods = {f"l{j}.q": (rng.standard_normal((4, 24)), rng.standard_normal((20, 4))) for j in range(2)}
-        write_peft_adapter(root / f"adapter{i}", mods, r=4, alpha=8)
-    return root
 
 
 def test_fit_refuses_k_together_with_variance_threshold(tmp_path, bank_dir, capsys):
