@@ -214,8 +214,8 @@ def report(folder: Path) -> None:
         "Made by `python -m benchmarks.bundle_io` (prepare, measure --label before/after, memory, report); `before`",
         "is the same `measure` run against the previous version of the toolkit (commit 9f911f9). One graph: a bundle",
         "with the shared variant only. Four graphs: shared, per-row, merged and the train step. Timings on a shared",
-        "2-core machine with other jobs running, and the two rows ran one after the other, not interleaved: the",
-        "export seconds are not a clean comparison (load differed); sizes and bytes read are exact.",
+        "2-core machine, the two rows one after the other, not interleaved: the export seconds are indicative (load",
+        "can differ between the rows); sizes and bytes read are exact.",
         "",
         "| version | export 1 graph (s) | export 4 graphs (s) | 1 graph (MiB) | 4 graphs (MiB) | 4 / 1 |"
         " add a task (s) | read by add-task (MiB) | verify (s) |",
