@@ -23,16 +23,11 @@ from edge_eigenlora.errors import EdgeEigenLoraError
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "android_demo" / "core" / "src" / "test" / "resources" / "golden"
-FORMAT1_BUNDLE_MANIFEST = (
-    ROOT / "tests" / "fixtures" / "format1_bundle_manifest.json"
-)  # as version 1 wrote it
+FORMAT1_BUNDLE = ROOT / "tests" / "fixtures" / "format1_bundle"  # a bundle as version 1 wrote it (no graphs)
 
 
 def _format1_bundle(tmp_path: Path) -> Path:
-    """The golden bundle's files under the manifest format 1 wrote for them."""
-    root = shutil.copytree(GOLDEN / "bundle", tmp_path / "b")
-    shutil.copyfile(FORMAT1_BUNDLE_MANIFEST, root / "manifest.json")
-    return root
+    return shutil.copytree(FORMAT1_BUNDLE, tmp_path / "b")
 
 
 PACKAGE = ROOT / "edge_eigenlora"
