@@ -1067,6 +1067,7 @@ class BundleWriter:
     def __init__(self, root: str | os.PathLike[str], files: dict[str, str] | None = None) -> None:
         self.root = Path(root)
         self.files: dict[str, str] = dict(files or {})
+        self.manifest: Manifest | None = None  # what `update_bundle` stores when the block ends
 
     def write_bytes(self, rel: str, data: bytes) -> Path:
         path = inside_bundle(self.root, rel, "bundle writer")
@@ -1125,10 +1126,10 @@ def update_bundle(root: str | os.PathLike[str]) -> Iterator[tuple[Manifest, Bund
         _lock(fd)
         manifest = read_manifest(root)
         writer = BundleWriter(root, manifest.files)
-        writer.manifest = manifest  # type: ignore[attr-defined]
+        writer.manifest = manifest
         yield manifest, writer
-        if writer.manifest is not manifest:  # type: ignore[attr-defined]
-            writer.write_manifest(writer.manifest)  # type: ignore[attr-defined]
+        if writer.manifest is not None and writer.manifest is not manifest:
+            writer.write_manifest(writer.manifest)
     finally:
         os.close(fd)  # releases the lock
 
@@ -1155,7 +1156,7 @@ def add_task_object(root: str | os.PathLike[str], task: Task, *, overwrite: bool
         rel = writer.write_task(task)
         num_labels = None if task.head_weight is None else int(np.asarray(task.head_weight).shape[0])
         entry = TaskEntry(rel, task.kind, tuple(task.labels), num_labels)
-        writer.manifest = replace(manifest, tasks={**manifest.tasks, name: entry})  # type: ignore[attr-defined]
+        writer.manifest = replace(manifest, tasks={**manifest.tasks, name: entry})
     return name
 
 
