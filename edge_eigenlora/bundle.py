@@ -45,6 +45,7 @@ __all__ = [
     "BASIS_SUFFIXES",
     "BaseModelInfo",
     "BasisInfo",
+    "DecoderInfo",
     "BundleWriter",
     "COEFFICIENTS",
     "CoefficientLayout",
@@ -57,6 +58,7 @@ __all__ = [
     "INFERENCE_VARIANTS",
     "INPUT_IDS",
     "KINDS",
+    "IGNORE_INDEX",
     "LOCK_FILE",
     "LABELS",
     "LOGITS",
@@ -65,7 +67,12 @@ __all__ = [
     "MERGED",
     "Manifest",
     "OPSET",
+    "PAST_KEY",
+    "PAST_VALUE",
     "PER_ROW",
+    "POSITION_IDS",
+    "PRESENT_KEY",
+    "PRESENT_VALUE",
     "Quantization",
     "SHARED",
     "TRAIN_PARAMS",
@@ -77,6 +84,8 @@ __all__ = [
     "WEIGHTS_FILE",
     "add_task",
     "add_task_object",
+    "cache_input_names",
+    "cache_output_names",
     "check_task_fits",
     "check_task_name",
     "graph_bytes",
@@ -92,6 +101,7 @@ __all__ = [
     "read_manifest",
     "row_feeds",
     "task_feeds",
+    "train_params",
     "unpack",
     "update_bundle",
     "verify_bundle",
@@ -117,6 +127,11 @@ INPUT_IDS, ATTENTION_MASK, LABELS = "input_ids", "attention_mask", "labels"
 COEFFICIENTS, HEAD_WEIGHT, HEAD_BIAS = "coefficients", "head_weight", "head_bias"
 LOGITS, LOSS, GRAD_PREFIX = "logits", "loss", "grad_"
 TRAIN_PARAMS: tuple[str, ...] = (COEFFICIENTS, HEAD_WEIGHT, HEAD_BIAS)
+# A decoder's step graph: positions and the KV cache, one key and one value per layer (optimum's names).
+POSITION_IDS = "position_ids"
+PAST_KEY, PAST_VALUE = "past_key_values.{}.key", "past_key_values.{}.value"
+PRESENT_KEY, PRESENT_VALUE = "present.{}.key", "present.{}.value"
+IGNORE_INDEX = -100  # a causal-LM label that takes no loss (prompt and padding tokens)
 # Initializer-name suffixes of the (transposed) basis tensors inside a graph: quantization finds them by these.
 BASIS_SUFFIXES: tuple[str, ...] = (".U_A_t", ".U_B_t")
 
@@ -126,9 +141,40 @@ def graph_file(variant: str) -> str:
     return f"model_{variant}.onnx"
 
 
-def graph_input_names(kind: str, variant: str) -> tuple[str, ...]:
-    """The contract's input names, in order, for one kind of model and one variant."""
+def cache_input_names(num_layers: int) -> tuple[str, ...]:
+    """past_key_values.{i}.key, past_key_values.{i}.value for every layer, layer by layer."""
+    return tuple(n.format(i) for i in range(num_layers) for n in (PAST_KEY, PAST_VALUE))
+
+
+def cache_output_names(num_layers: int) -> tuple[str, ...]:
+    return tuple(n.format(i) for i in range(num_layers) for n in (PRESENT_KEY, PRESENT_VALUE))
+
+
+def train_params(kind: str) -> tuple[str, ...]:
+    """The train step's trainable inputs: coefficients, and the head for a classifier."""
+    return TRAIN_PARAMS if kind == "classification" else (COEFFICIENTS,)
+
+
+def _decoder_layers(kind: str, variant: str, num_layers: int | None) -> int:
+    if kind != "causal_lm" or variant == TRAIN_STEP:
+        return 0
+    if not num_layers:
+        raise EdgeEigenLoraError(
+            "a causal-LM inference graph carries a KV cache: give num_layers to name its inputs."
+        )
+    return num_layers
+
+
+def graph_input_names(kind: str, variant: str, num_layers: int | None = None) -> tuple[str, ...]:
+    """The contract's input names, in order, for one kind of model and one variant.
+
+    A causal-LM inference graph is the step graph (prefill with an empty past, then one token at a time):
+    input_ids, attention_mask (past + new), position_ids, the past cache of `num_layers` layers.
+    """
     tokens = (INPUT_IDS, ATTENTION_MASK)
+    layers = _decoder_layers(kind, variant, num_layers)
+    if layers:
+        tokens += (POSITION_IDS,) + cache_input_names(layers)
     head = (HEAD_WEIGHT, HEAD_BIAS) if kind == "classification" else ()
     if variant == MERGED:
         return tokens
@@ -137,10 +183,12 @@ def graph_input_names(kind: str, variant: str) -> tuple[str, ...]:
     return tokens + (COEFFICIENTS,) + head
 
 
-def graph_output_names(kind: str, variant: str) -> tuple[str, ...]:
+def graph_output_names(kind: str, variant: str, num_layers: int | None = None) -> tuple[str, ...]:
+    """A causal-LM train step returns no logits (a [batch, seq, vocab] output would dwarf the step)."""
     if variant == TRAIN_STEP:
-        return (LOSS, LOGITS) + tuple(GRAD_PREFIX + p for p in TRAIN_PARAMS)
-    return (LOGITS,)
+        grads = tuple(GRAD_PREFIX + p for p in train_params(kind))
+        return (LOSS, LOGITS) + grads if kind == "classification" else (LOSS,) + grads
+    return (LOGITS,) + cache_output_names(_decoder_layers(kind, variant, num_layers))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,6 +555,60 @@ class BasisInfo:
 
 
 @dataclass(frozen=True)
+class DecoderInfo:
+    """A causal LM's step graph: what the runtime needs to build an empty KV cache and to stop generating.
+
+    The cache of layer i is [batch, num_kv_heads, positions, head_dim] float32; max_positions bounds
+    prompt + generated tokens; chat_template names a Jinja file among the tokenizer files (or None).
+    """
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_positions: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...] = ()
+    bos_token_id: int | None = None
+    chat_template: str | None = None
+
+    @classmethod
+    def read(cls, r: _Reader) -> DecoderInfo:
+        eos = r.raw("eos_token_ids", optional=True) or []
+        if not isinstance(eos, list) or not all(
+            isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in eos
+        ):
+            raise _bad(r.where, r._name("eos_token_ids"), "must be a list of token ids >= 0")
+        info = cls(
+            num_layers=r.int("num_layers", minimum=1),  # type: ignore[arg-type]
+            num_heads=r.int("num_heads", minimum=1),  # type: ignore[arg-type]
+            num_kv_heads=r.int("num_kv_heads", minimum=1),  # type: ignore[arg-type]
+            head_dim=r.int("head_dim", minimum=1),  # type: ignore[arg-type]
+            max_positions=r.int("max_positions", minimum=1),  # type: ignore[arg-type]
+            vocab_size=r.int("vocab_size", minimum=1),  # type: ignore[arg-type]
+            eos_token_ids=tuple(eos),
+            bos_token_id=r.int("bos_token_id", minimum=0, optional=True),
+            chat_template=_relative_file(r, "chat_template", optional=True),
+        )
+        if info.num_heads % info.num_kv_heads:
+            raise _bad(r.where, r._name("num_kv_heads"), f"must divide num_heads ({info.num_heads})")
+        return info
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "max_positions": self.max_positions,
+            "vocab_size": self.vocab_size,
+            "eos_token_ids": list(self.eos_token_ids),
+            "bos_token_id": self.bos_token_id,
+            "chat_template": self.chat_template,
+        }
+
+
+@dataclass(frozen=True)
 class TokenizerSettings:
     files: tuple[str, ...] = ()
     max_length: int = 128
@@ -582,6 +684,7 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     target: str = "custom"
     created_by: str = ""
+    decoder: DecoderInfo | None = None
     root: Path = Path(".")
     format_version: int = FORMAT_VERSION
 
@@ -616,10 +719,12 @@ class Manifest:
     def referenced_files(self) -> list[str]:
         """Every file the manifest points at, each once."""
         refs = [f for g in self.graphs for f in g.files()] + list(self.tokenizer.files)
+        if self.decoder is not None and self.decoder.chat_template:
+            refs.append(self.decoder.chat_template)
         refs += [t.file for t in self.tasks.values()]
         return list(dict.fromkeys(refs))
 
-    def to_json(self) -> dict[str, Any]:
+    def _base_json(self) -> dict[str, Any]:
         from edge_eigenlora import __version__
 
         return {
@@ -639,6 +744,13 @@ class Manifest:
             "tasks": {n: t.to_json() for n, t in sorted(self.tasks.items())},
             "files": dict(sorted(self.files.items())),
         }
+
+    def to_json(self) -> dict[str, Any]:
+        """The decoder section is written only where there is one (classification manifests are unchanged)."""
+        out = self._base_json()
+        if self.decoder is not None:
+            out["decoder"] = self.decoder.to_json()
+        return out
 
     @classmethod
     def from_json(cls, data: Any, root: Path) -> Manifest:
@@ -687,6 +799,9 @@ class Manifest:
             files=dict(files),
             target=r.str("target", optional=True) or "custom",  # type: ignore[arg-type]
             created_by=r.str("created_by", optional=True) or "",  # type: ignore[arg-type]
+            decoder=DecoderInfo.read(r.child("decoder"))
+            if r.raw("decoder", optional=True) is not None
+            else None,
             root=root,
             format_version=int(version),
         )

@@ -21,6 +21,7 @@ from torch import nn
 from edge_eigenlora import bundle as contract
 from edge_eigenlora import quantize
 from edge_eigenlora.basis import load_basis
+from edge_eigenlora.decoder_graph import build_decoder_graph, decoder_info
 from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.graph_modules import build_graph
 from edge_eigenlora.model import attach_basis, base_fingerprint, detect_kind
@@ -49,8 +50,8 @@ class ExportConfig:
     """What to build. Defaults: the desktop CPU target (fp32 base, int8 basis; see docs/export.md).
 
     rank: r of every task in the bundle (one rank per bundle).
-    kind: "classification" (encoder + mean pooling + head inputs) or "causal_lm" (logits over the vocabulary);
-        "auto" reads the model config (architectures ending in ForCausalLM -> causal_lm).
+    kind: "classification" (encoder + mean pooling + head inputs) or "causal_lm" (the step graph: logits over
+        the vocabulary and the KV cache in and out, see `decoder_graph`); "auto" reads the model config (architectures ending in ForCausalLM -> causal_lm).
     variants: inference graphs to build; "merged" needs `merged_task` (a task name among the exported tasks).
     basis_quant / base_quant: "none", "int8" (basis: per-channel DequantizeLinear; base: dynamic int8
         MatMulInteger) or "int4" (MatMulNBits, block `block_size`).
@@ -58,8 +59,9 @@ class ExportConfig:
     ort_format: also write .ort files (ORT Mobile, self-contained) with their required-operators config.
     onnx_adapters: also write each task as an ONNX Runtime `.onnx_adapter` file (shared variant inputs).
     max_length: the tokenizer's truncation length recorded in the manifest.
-    train_step: also write the train-step graph (loss + gradients) for on-device training (classification;
-        fp32, its frozen weights shared with the fp32 inference graphs).
+    train_step: also write the train-step graph (loss + gradients) for on-device training (fp32, its frozen
+        weights shared with the fp32 inference graphs): a classifier's cross-entropy over labels, or a causal
+        LM's next-token loss on the labelled (completion) tokens.
     """
 
     rank: int = 8
@@ -133,10 +135,6 @@ def export_bundle(
     else:
         model = copy.deepcopy(model).float().eval()
     kind = detect_kind(model) if config.kind == "auto" else config.kind
-    if config.train_step and kind != "classification":
-        raise EdgeEigenLoraError(
-            f"ExportConfig.train_step: on-device training needs a classifier, not {kind!r}."
-        )
     base_fp = base_fingerprint(model)
     plain = copy.deepcopy(model) if config.train_step else None  # the train step attaches its own basis
     attach_basis(model, basis, rank=config.rank)
@@ -148,10 +146,22 @@ def export_bundle(
     graphs = {}
     for variant in config.variants:
         task = _merged_task(config, loaded) if variant == contract.MERGED else None
-        proto, _ = build_graph(model, basis, config.rank, variant, kind=kind, task=task)
+        if kind == "causal_lm":
+            proto, _ = build_decoder_graph(model, basis, config.rank, variant, task=task)
+        else:
+            proto, _ = build_graph(model, basis, config.rank, variant, kind=kind, task=task)
         graphs[variant] = _transform(proto, variant, config)
     if plain is not None:
-        graphs[contract.TRAIN_STEP] = build_train_step(plain, basis, config.rank)[0]
+        graphs[contract.TRAIN_STEP] = build_train_step(plain, basis, config.rank, kind=kind)[0]
+    files = _tokenizer_files(tokenizer) if tokenizer is not None else {}
+    decoder = None
+    if kind == "causal_lm":
+        template = getattr(tokenizer, "chat_template", None)
+        chat = None
+        if isinstance(template, str) and template:
+            chat = "tokenizer/chat_template.jinja"
+            files.setdefault(chat, template.encode("utf-8"))
+        decoder = decoder_info(model, tokenizer, chat_template=chat)
     manifest = contract.Manifest(
         kind=kind,
         base_model=contract.BaseModelInfo(
@@ -163,16 +173,33 @@ def export_bundle(
         basis=contract.BasisInfo(basis.fingerprint, layout.modules, dict(layout.widths)),
         layout=layout,
         graphs=(),
-        tokenizer=contract.TokenizerSettings(
-            max_length=config.max_length,
-            padding_side=getattr(tokenizer, "padding_side", "right"),
-            pooling="mean" if kind == "classification" else "none",
-            pad_token_id=getattr(tokenizer, "pad_token_id", None),
-        ),
+        tokenizer=_tokenizer_settings(kind, tokenizer, config, decoder),
         target=config.target,
+        decoder=decoder,
     )
     max_seq = int(getattr(model.config, "max_position_embeddings", 512))
-    return _write_bundle(out, graphs, config, manifest, loaded, tokenizer=tokenizer, max_seq=max_seq)
+    return _write_bundle(out, graphs, config, manifest, loaded, tokenizer_files=files, max_seq=max_seq)
+
+
+def _tokenizer_settings(
+    kind: str, tokenizer: Any, config: ExportConfig, decoder: contract.DecoderInfo | None
+) -> contract.TokenizerSettings:
+    """A classifier truncates at max_length and pads right; a decoder pads left (generation appends on the
+    right) and never truncates a prompt silently: its limit is the context length."""
+    if decoder is not None:
+        return contract.TokenizerSettings(
+            max_length=decoder.max_positions,
+            padding_side="left",
+            truncation=False,
+            pooling="none",
+            pad_token_id=getattr(tokenizer, "pad_token_id", None),
+        )
+    return contract.TokenizerSettings(
+        max_length=config.max_length,
+        padding_side=getattr(tokenizer, "padding_side", "right"),
+        pooling="mean",
+        pad_token_id=getattr(tokenizer, "pad_token_id", None),
+    )
 
 
 def derive_bundle(
@@ -208,7 +235,9 @@ def derive_bundle(
         proto = onnx.load(str(Path(src) / entry.file))  # with its external data
         graphs[variant] = proto if variant == contract.TRAIN_STEP else _transform(proto, variant, config)
     tasks = [contract.load_bundle_task(manifest, n) for n in sorted(manifest.tasks)]
-    settings = replace(manifest.tokenizer, max_length=config.max_length, files=())
+    settings = replace(manifest.tokenizer, files=())
+    if manifest.decoder is None:
+        settings = replace(settings, max_length=config.max_length)
     base = replace(manifest, graphs=(), tasks={}, files={}, tokenizer=settings, target=config.target)
     copied = {rel: (Path(src) / rel).read_bytes() for rel in manifest.tokenizer.files}
     max_seq = manifest.graph(contract.TRAIN_STEP).max_seq if config.train_step else None

@@ -32,6 +32,7 @@ from edge_eigenlora.task import Task
 
 __all__ = [
     "AdapterGraph",
+    "CoefficientFeed",
     "ExportAdapter",
     "MergedGraph",
     "adapter_copy",
@@ -63,15 +64,10 @@ class ExportAdapter(nn.Module):
         return self.base(x) + (x @ self._a_t) @ self._b_t
 
 
-class AdapterGraph(nn.Module):
-    """forward(input_ids, attention_mask, coefficients[, head_weight, head_bias]) -> logits."""
+class CoefficientFeed:
+    """Slices the packed coefficient input ([P] shared, [batch, P] per row) into each adapter's factors."""
 
-    def __init__(
-        self, model: nn.Module, layout: contract.CoefficientLayout, kind: str, per_row: bool
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.kind = kind
+    def __init__(self, model: nn.Module, layout: contract.CoefficientLayout, per_row: bool) -> None:
         self.per_row = per_row
         self.segments = [(m, layout.module_offset(m), layout.widths[m]) for m in layout.modules]
         self.rank = layout.rank
@@ -95,6 +91,19 @@ class AdapterGraph(nn.Module):
                 b = coefficients[offset + n : offset + 2 * n].reshape(width, r)
             self.adapters[module].set_coefficients(a, b)
 
+
+class AdapterGraph(nn.Module):
+    """forward(input_ids, attention_mask, coefficients[, head_weight, head_bias]) -> logits."""
+
+    def __init__(
+        self, model: nn.Module, layout: contract.CoefficientLayout, kind: str, per_row: bool
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.kind = kind
+        self.per_row = per_row
+        self.feed = CoefficientFeed(model, layout, per_row)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -103,7 +112,7 @@ class AdapterGraph(nn.Module):
         head_weight: torch.Tensor | None = None,
         head_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self.set_coefficients(coefficients)
+        self.feed.set_coefficients(coefficients)
         if self.kind == "causal_lm":
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         pooled = mean_pool(self.model, input_ids, attention_mask)

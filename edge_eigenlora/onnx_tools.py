@@ -100,7 +100,7 @@ def name_contract_dims(model: Any, kind: str, variant: str) -> None:
         {
             contract.INPUT_IDS: ["batch", "seq"],
             contract.ATTENTION_MASK: ["batch", "seq"],
-            contract.LABELS: ["batch"],
+            contract.LABELS: ["batch", "seq"],
             contract.COEFFICIENTS: ["batch", None] if per_row else [None],
             contract.HEAD_WEIGHT: [*lead, "labels", None],
             contract.HEAD_BIAS: [*lead, "labels"],

@@ -31,8 +31,9 @@ from torch import nn
 
 from edge_eigenlora import bundle as contract
 from edge_eigenlora.basis import Basis, load_basis
+from edge_eigenlora.decoder_graph import DecoderStepGraph
 from edge_eigenlora.errors import EdgeEigenLoraError
-from edge_eigenlora.graph_modules import AdapterGraph, adapter_copy
+from edge_eigenlora.graph_modules import AdapterGraph, CoefficientFeed, adapter_copy
 from edge_eigenlora.model import attach_basis, base_fingerprint, eigenlora_layers, mean_pool
 from edge_eigenlora.onnx_tools import (
     WeightStore,
@@ -68,7 +69,7 @@ class _LossModule(nn.Module):
         head_weight: torch.Tensor,
         head_bias: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        self.graph.set_coefficients(self.coefficients)
+        self.graph.feed.set_coefficients(self.coefficients)
         pooled = mean_pool(self.graph.model, input_ids, attention_mask)
         logits = pooled @ head_weight.T + head_bias
         loss = F.cross_entropy(logits, labels)
@@ -79,41 +80,87 @@ class _LossModule(nn.Module):
         return loss, lg, g.T @ pooled.detach(), g.sum(0)
 
 
-class _JointStep(nn.Module):
-    """Runs the joint graph with the frozen weights as buffers and the coefficients as an input."""
+class _LMLossModule(nn.Module):
+    """forward(ids, mask, labels) -> (loss,): next-token cross-entropy on the tokens whose label is not
+    IGNORE_INDEX (a completion's tokens), through the same step graph the device generates with (empty past)."""
 
-    def __init__(self, joint: Any) -> None:
+    def __init__(self, attached: nn.Module, layout: contract.CoefficientLayout) -> None:
+        super().__init__()
+        copy_ = adapter_copy(attached)
+        self.step = DecoderStepGraph(copy_, CoefficientFeed(copy_, layout, per_row=False))
+        for p in self.step.parameters():
+            p.requires_grad_(False)
+        self.coefficients = nn.Parameter(torch.zeros(layout.size))
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor]:
+        s = self.step.shape
+        batch = input_ids.shape[0]
+        empty = input_ids.new_zeros((batch, s.num_kv_heads, 0, s.head_dim), dtype=torch.float32)
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        past = [empty] * (2 * s.num_layers)
+        logits = self.step(input_ids, attention_mask, positions, *past, self.coefficients)[0]
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            labels[:, 1:].reshape(-1),
+            ignore_index=contract.IGNORE_INDEX,
+        )
+        return (loss,)
+
+
+class _JointStep(nn.Module):
+    """Runs the joint graph with the frozen weights as buffers and the coefficients as an input.
+
+    forward(*inputs) takes the contract's train-step inputs in order; returns the contract's outputs.
+    """
+
+    def __init__(self, joint: Any, kind: str) -> None:
         super().__init__()
         self.gm = joint.graph_module
+        _replace_empty_permuted(self.gm)
+        self.kind = kind
         self.specs = list(joint.graph_signature.input_specs)
         state = {**joint.state_dict, **joint.constants}
         self.slots: list[str] = []
         for i, spec in enumerate(self.specs):
-            kind = spec.kind.name
-            if kind == "USER_INPUT":
+            kind_name = spec.kind.name
+            if kind_name == "USER_INPUT":
                 self.slots.append("user")
-            elif spec.target == contract.COEFFICIENTS:  # _LossModule's one parameter
+            elif spec.target == contract.COEFFICIENTS:  # the loss module's one parameter
                 self.slots.append(contract.COEFFICIENTS)
             else:
                 self.register_buffer(f"frozen_{i}", state[spec.target].detach().clone(), persistent=False)
                 self.slots.append(f"frozen_{i}")
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor,
-        coefficients: torch.Tensor,
-        head_weight: torch.Tensor,
-        head_bias: torch.Tensor,
-    ) -> tuple:
-        user = iter((input_ids, attention_mask, labels, head_weight, head_bias))
+    def forward(self, *inputs: torch.Tensor) -> tuple:
+        names = contract.graph_input_names(self.kind, contract.TRAIN_STEP)
+        given = dict(zip(names, inputs, strict=True))
+        coefficients = given.pop(contract.COEFFICIENTS)
+        user = iter(given.values())  # the loss module's order: ids, mask, labels[, head_weight, head_bias]
         args = [
             next(user) if s == "user" else coefficients if s == contract.COEFFICIENTS else getattr(self, s)
             for s in self.slots
         ]
-        loss, logits, grad_hw, grad_hb, grad_c = self.gm(*args)
-        return loss, logits, grad_c, grad_hw, grad_hb
+        out = self.gm(*args)
+        if self.kind == "classification":
+            loss, logits, grad_hw, grad_hb, grad_c = out
+            return loss, logits, grad_c, grad_hw, grad_hb
+        loss, grad_c = out
+        return loss, grad_c
+
+
+def _replace_empty_permuted(gm: Any) -> None:
+    """The joint graph of a SiLU MLP allocates with aten.empty_permuted, which the ONNX exporter lacks; with
+    the identity layout it is aten.empty (the buffer is overwritten before use either way)."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.aten.empty_permuted.default:
+            size, layout = node.args[:2]
+            if list(layout) != list(range(len(layout))):
+                raise EdgeEigenLoraError(f"train step: empty_permuted with layout {layout} is not supported.")
+            node.target = torch.ops.aten.empty.memory_format
+            node.args = (size,)
+    gm.recompile()
 
 
 def _attached_copy(model: nn.Module, basis: Basis, rank: int) -> nn.Module:
@@ -133,15 +180,20 @@ def _attached_copy(model: nn.Module, basis: Basis, rank: int) -> nn.Module:
     return model
 
 
-def build_train_step(model: nn.Module, basis: Basis, rank: int) -> tuple[Any, contract.CoefficientLayout]:
-    """The cleaned ONNX ModelProto of the train step for an encoder (plain or with `basis` attached)."""
+def build_train_step(
+    model: nn.Module, basis: Basis, rank: int, *, kind: str = "classification"
+) -> tuple[Any, contract.CoefficientLayout]:
+    """The cleaned ONNX ModelProto of the train step (plain model or with `basis` attached).
+
+    kind "classification": cross-entropy over labels with the head as inputs; "causal_lm": next-token loss on
+    the tokens labelled in `labels` [batch, seq] (IGNORE_INDEX elsewhere), no logits output.
+    """
     from torch.export.experimental import _export_forward_backward
 
     if rank < 1:
         raise EdgeEigenLoraError(f"rank must be >= 1, got {rank}.")
     attached = _attached_copy(model, basis, rank)
     layout = contract.CoefficientLayout.from_basis(basis, rank)
-    loss_module = _LossModule(attached, layout).eval()
     hidden = int(attached.config.hidden_size)
     vocab = int(attached.config.vocab_size)
     max_seq = int(getattr(attached.config, "max_position_embeddings", 512))
@@ -149,25 +201,33 @@ def build_train_step(model: nn.Module, basis: Basis, rank: int) -> tuple[Any, co
     ids = torch.randint(0, vocab, (2, 7), generator=g)
     mask = torch.ones(2, 7, dtype=torch.int64)
     mask[1, -2:] = 0
-    labels = torch.tensor([0, 2])
-    hw, hb = torch.randn(3, hidden, generator=g) * 0.02, torch.zeros(3)
     coeffs = torch.randn(layout.size, generator=g) * 0.01
     B, S, L = torch.export.Dim("batch"), torch.export.Dim("seq", max=max_seq), torch.export.Dim("labels")
-    names = contract.graph_input_names("classification", contract.TRAIN_STEP)
-    outputs = contract.graph_output_names("classification", contract.TRAIN_STEP)
+    if kind == "classification":
+        loss_module: nn.Module = _LossModule(attached, layout).eval()
+        labels = torch.tensor([0, 2])
+        hw, hb = torch.randn(3, hidden, generator=g) * 0.02, torch.zeros(3)
+        user, user_shapes = (ids, mask, labels, hw, hb), ({0: B, 1: S}, {0: B, 1: S}, {0: B}, {0: L}, {0: L})
+        full, full_shapes = (ids, mask, labels, coeffs, hw, hb), user_shapes[:3] + (None,) + user_shapes[3:]
+    else:
+        loss_module = _LMLossModule(attached, layout).eval()
+        labels = ids.masked_fill(mask == 0, contract.IGNORE_INDEX)
+        labels[:, :2] = contract.IGNORE_INDEX  # a prompt: no loss
+        # AUTO: the cache slicing makes guards (min(seq, seq * seq) == seq) that named dims cannot prove
+        auto = {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO}
+        user, user_shapes = (ids, mask, labels), (auto, auto, auto)
+        full, full_shapes = (*user, coeffs), (*user_shapes, None)
+    names = contract.graph_input_names(kind, contract.TRAIN_STEP)
+    outputs = contract.graph_output_names(kind, contract.TRAIN_STEP)
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")
-        program = torch.export.export(
-            loss_module,
-            (ids, mask, labels, hw, hb),
-            dynamic_shapes=({0: B, 1: S}, {0: B, 1: S}, {0: B}, {0: L}, {0: L}),
-        )
-        step = _JointStep(_export_forward_backward(program)).eval()
+        program = torch.export.export(loss_module, user, dynamic_shapes=user_shapes)
+        step = _JointStep(_export_forward_backward(program), kind).eval()
         onnx_program = torch.onnx.export(
             step,
-            (ids, mask, labels, coeffs, hw, hb),
+            full,
             dynamo=True,
-            dynamic_shapes=({0: B, 1: S}, {0: B, 1: S}, {0: B}, None, {0: L}, {0: L}),
+            dynamic_shapes=(full_shapes,),
             input_names=list(names),
             output_names=list(outputs),
             opset_version=contract.OPSET,
@@ -181,7 +241,7 @@ def build_train_step(model: nn.Module, basis: Basis, rank: int) -> tuple[Any, co
 
         proto = onnx.load(str(path))
     proto = dedupe_transposed_initializers(proto)
-    name_contract_dims(proto, "classification", contract.TRAIN_STEP)
+    name_contract_dims(proto, kind, contract.TRAIN_STEP)
     return clean_model(proto), layout
 
 
