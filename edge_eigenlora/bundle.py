@@ -878,6 +878,11 @@ def read_manifest(root: str | os.PathLike[str]) -> Manifest:
 def check_task_fits(task: Task, layout: CoefficientLayout, kind: str, hidden: int, where: str) -> np.ndarray:
     """Refuse a task that cannot run on this bundle; returns its packed vector."""
     task.check_finite(where)
+    if task.kind in KINDS and task.kind != kind:
+        raise EdgeEigenLoraError(
+            f"{where}: the task is a {task.kind} task but this bundle is a {kind} bundle; a classifier's task "
+            "runs on a classification bundle (`run`), a language model's on a causal_lm bundle (`generate`)."
+        )
     vector = pack(task.coefficients, layout, where)
     if kind == "classification":
         if task.head_weight is None:

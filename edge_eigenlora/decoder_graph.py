@@ -223,9 +223,9 @@ def decoder_info(
     eos: list[int] = []
     for source in (getattr(model, "generation_config", None), model.config, tokenizer):
         value = getattr(source, "eos_token_id", None) if source is not None else None
-        for e in value if isinstance(value, list | tuple) else [value]:
-            if isinstance(e, int) and e not in eos:
-                eos.append(e)
+        if value is not None:  # the first that defines one: what transformers' generate stops on
+            eos = [int(e) for e in (value if isinstance(value, list | tuple) else [value])]
+            break
     bos = getattr(model.config, "bos_token_id", None)
     return contract.DecoderInfo(
         num_layers=s.num_layers,

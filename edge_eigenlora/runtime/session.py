@@ -22,7 +22,15 @@ from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.runtime.tokenize import BundleTokenizer, OnLong, check_ids
 from edge_eigenlora.task import Task
 
-__all__ = ["DeviceRuntime", "LoadedTask", "RuntimeOptions", "SharedWeights", "make_session", "switch_cost_us"]
+__all__ = [
+    "BundleRuntime",
+    "DeviceRuntime",
+    "LoadedTask",
+    "RuntimeOptions",
+    "SharedWeights",
+    "make_session",
+    "switch_cost_us",
+]
 
 Optimization = Literal["disable", "basic", "extended", "all"]
 
@@ -120,20 +128,19 @@ class LoadedTask:
     name: str
     task: Task
     coefficients: np.ndarray  # [P] float32
-    head_weight: np.ndarray  # [labels, hidden]
-    head_bias: np.ndarray  # [labels]
+    head_weight: np.ndarray | None  # [labels, hidden]; None for a language model's task
+    head_bias: np.ndarray | None  # [labels]
     labels: list[str] = field(default_factory=list)
 
     @property
     def num_labels(self) -> int:
-        return int(self.head_weight.shape[0])
+        return 0 if self.head_weight is None else int(self.head_weight.shape[0])
 
     def feeds(self) -> dict[str, np.ndarray]:
-        return {
-            contract.COEFFICIENTS: self.coefficients,
-            contract.HEAD_WEIGHT: self.head_weight,
-            contract.HEAD_BIAS: self.head_bias,
-        }
+        out = {contract.COEFFICIENTS: self.coefficients}
+        if self.head_weight is not None:
+            out.update({contract.HEAD_WEIGHT: self.head_weight, contract.HEAD_BIAS: self.head_bias})
+        return out
 
 
 class SharedWeights:
@@ -192,12 +199,12 @@ _ONNX_DTYPES = {
 }
 
 
-class DeviceRuntime:
-    """A verified bundle with lazily created sessions and an in-memory task cache.
+class BundleRuntime:
+    """A verified bundle with lazily created sessions and an in-memory task cache: what every model kind's
+    runtime shares (DeviceRuntime for classifiers, generate.LMRuntime for decoder LMs)."""
 
-    `run(texts, task=...)` -> logits; `run_rows(texts, tasks=[...])` runs a different task per row;
-    `train_step(...)` runs the train-step graph (loss + gradients) when the bundle carries one.
-    """
+    KIND = "classification"
+    USE = "DeviceRuntime (run, predict, run_rows)"
 
     def __init__(
         self,
@@ -210,10 +217,11 @@ class DeviceRuntime:
     ) -> None:
         self.root = Path(bundle)
         self.manifest = contract.verify_bundle(self.root) if verify else contract.read_manifest(self.root)
-        if self.manifest.kind != "classification":
+        if self.manifest.kind != self.KIND:
+            other = LM_USE if self.manifest.kind == "causal_lm" else BundleRuntime.USE
             raise EdgeEigenLoraError(
-                f"{self.manifest.path}: kind is {self.manifest.kind!r}; the device runtime runs "
-                "classification bundles (text -> labels)."
+                f"{self.manifest.path}: kind is {self.manifest.kind!r}, but {type(self).__name__} runs "
+                f"{self.KIND} bundles; open it with {other}."
             )
         self.options = options or RuntimeOptions()
         self.layout = self.manifest.layout
@@ -291,13 +299,13 @@ class DeviceRuntime:
         return cached
 
     def _load(self, task: Task) -> LoadedTask:
-        feeds = contract.task_feeds(task, self.manifest)  # refuses another basis, layout or head size
+        feeds = contract.task_feeds(task, self.manifest)  # refuses another kind, basis, layout or head size
         return LoadedTask(
             task.name,
             task,
             feeds[contract.COEFFICIENTS],
-            feeds[contract.HEAD_WEIGHT],
-            feeds[contract.HEAD_BIAS],
+            feeds.get(contract.HEAD_WEIGHT),
+            feeds.get(contract.HEAD_BIAS),
             list(task.labels),
         )
 
@@ -312,6 +320,17 @@ class DeviceRuntime:
         self._tasks.pop(name, None)
         self.task(name)
         return name
+
+
+LM_USE = "edge_eigenlora.runtime.generate.LMRuntime (generate, stream)"
+
+
+class DeviceRuntime(BundleRuntime):
+    """A classification bundle on the device.
+
+    `run(texts, task=...)` -> logits; `run_rows(texts, tasks=[...])` runs a different task per row;
+    `train_step(...)` runs the train-step graph (loss + gradients) when the bundle carries one.
+    """
 
     # -- running ---------------------------------------------------------------------------------------
     def encode(

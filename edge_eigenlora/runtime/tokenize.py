@@ -63,6 +63,13 @@ class BundleTokenizer:
         """One text's `tokenizers.Encoding` (ids, tokens, offsets), truncated at max_length, unpadded."""
         return self._tok.encode(text)
 
+    def encode_ids(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """One text's token ids (a chat template's text carries its own special tokens: pass False)."""
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
     def encode_batch(self, texts: Sequence[str]) -> list[Any]:
         """Each text's `tokenizers.Encoding`, truncated at max_length, unpadded (`overflowing` marks cut texts)."""
         return self._tok.encode_batch(list(texts))
