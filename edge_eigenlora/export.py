@@ -150,7 +150,7 @@ def export_bundle(
             proto, _ = build_decoder_graph(model, basis, config.rank, variant, task=task)
         else:
             proto, _ = build_graph(model, basis, config.rank, variant, kind=kind, task=task)
-        graphs[variant] = _transform(proto, variant, config)
+        graphs[variant] = _transform(proto, variant, config, kind)
     if plain is not None:
         graphs[contract.TRAIN_STEP] = build_train_step(plain, basis, config.rank, kind=kind)[0]
     files = _tokenizer_files(tokenizer) if tokenizer is not None else {}
@@ -233,7 +233,9 @@ def derive_bundle(
                 f"{src}: the merged graph folds task {entry.task!r}, not {config.merged_task!r}."
             )
         proto = onnx.load(str(Path(src) / entry.file))  # with its external data
-        graphs[variant] = proto if variant == contract.TRAIN_STEP else _transform(proto, variant, config)
+        graphs[variant] = (
+            proto if variant == contract.TRAIN_STEP else _transform(proto, variant, config, manifest.kind)
+        )
     tasks = [contract.load_bundle_task(manifest, n) for n in sorted(manifest.tasks)]
     settings = replace(manifest.tokenizer, files=())
     if manifest.decoder is None:
@@ -259,11 +261,13 @@ def _new_bundle_folder(out_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
-def _transform(proto: Any, variant: str, config: ExportConfig) -> Any:
+def _transform(proto: Any, variant: str, config: ExportConfig, kind: str) -> Any:
     """Quantize the basis (not in a merged graph, which has none) and the base, or convert to fp16."""
     if variant != contract.MERGED:
         proto = quantize.quantize_basis(proto, config.basis_quant, block_size=config.block_size)
-    proto = quantize.quantize_base(proto, config.base_quant, block_size=config.block_size)
+    proto = quantize.quantize_base(
+        proto, config.base_quant, block_size=config.block_size, decoder=kind == "causal_lm"
+    )
     if config.precision == "fp16":
         proto = quantize.to_fp16(proto)
     return clean_model(proto)

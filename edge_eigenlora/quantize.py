@@ -21,16 +21,21 @@ from edge_eigenlora.errors import EdgeEigenLoraError
 from edge_eigenlora.onnx_tools import basis_nodes
 
 __all__ = [
+    "EMBEDDING_MIN_ROWS",
     "basis_sqnr",
+    "embedding_gathers",
     "int8_per_channel",
     "matmul_nbits",
     "quantize_base",
     "quantize_basis",
     "quantize_basis_int4",
     "quantize_basis_int8",
+    "quantize_embeddings",
+    "quantize_embeddings_int8",
     "relative_error",
     "sqnr_db",
     "to_fp16",
+    "untie_transposed_weights",
 ]
 
 
@@ -56,6 +61,9 @@ def _basis_initializers(model: Any) -> list[str]:
             "the graph has no basis tensors (*.U_A_t / *.U_B_t); was it exported by edge-eigenlora?"
         )
     return names
+
+
+EMBEDDING_MIN_ROWS = 1000  # a lookup table this tall is a vocabulary (positions and token types are smaller)
 
 
 def _matmul_nodes(model: Any) -> list[Any]:
@@ -106,16 +114,126 @@ def quantize_basis_int8(model: Any) -> Any:
     return model
 
 
-def matmul_nbits(model: Any, exclude: list[str], block_size: int) -> Any:
-    """4-bit MatMulNBits (symmetric, blocks of `block_size`) on every constant-weight MatMul not excluded."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def matmul_nbits(
+    model: Any,
+    exclude: list[str],
+    block_size: int,
+    op_types: tuple[str, ...] = ("MatMul",),
+    bits: int = 4,
+    symmetric: bool = True,
+) -> Any:
+    """MatMulNBits (4 or 8 bits, blocks of `block_size`, symmetric or with zero points) on every constant-weight
+    MatMul not excluded; with op_types ("Gather",) the same blocks make a com.microsoft.GatherBlockQuantized."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
-    quantizer = MatMulNBitsQuantizer(
-        model, bits=4, block_size=block_size, is_symmetric=True, nodes_to_exclude=exclude
+    config = DefaultWeightOnlyQuantConfig(
+        bits=bits,
+        block_size=block_size,
+        is_symmetric=symmetric,
+        op_types_to_quantize=op_types,
+        quant_axes=(("Gather", 1),),
     )
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
     quantizer.process()
     return quantizer.model.model
+
+
+def embedding_gathers(model: Any, min_rows: int = EMBEDDING_MIN_ROWS) -> list[int]:
+    """Positions (in graph.node) of the Gathers that look up rows of a large constant float table."""
+    from onnx import TensorProto
+
+    tables = {
+        i.name
+        for i in model.graph.initializer
+        if i.data_type == TensorProto.FLOAT and len(i.dims) == 2 and i.dims[0] >= min_rows
+    }
+    return [k for k, n in enumerate(model.graph.node) if n.op_type == "Gather" and n.input[0] in tables]
+
+
+def untie_transposed_weights(model: Any) -> Any:
+    """Give each Transpose of a constant weight its own transposed initializer (a tied LM head reads the
+    embedding table through one): the head's MatMul then has a constant weight that the base quantizers
+    take, and the table stays for the lookup. Quantized, both copies together are smaller than one fp32."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    keep = []
+    for node in model.graph.node:
+        if (
+            node.op_type == "Transpose"
+            and node.input[0] in inits
+            and not node.input[0].endswith(contract.BASIS_SUFFIXES)
+        ):
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            arr = numpy_helper.to_array(inits[node.input[0]])
+            model.graph.initializer.append(
+                numpy_helper.from_array(arr.transpose(perm).copy(), node.output[0])
+            )
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    used = {x for n in model.graph.node for x in n.input} | {o.name for o in model.graph.output}
+    unused = [i for i in model.graph.initializer if i.name not in used]
+    for i in unused:
+        model.graph.initializer.remove(i)
+    return model
+
+
+def quantize_embeddings_int8(model: Any) -> Any:
+    """Each token-embedding table -> int8 rows + one scale per row: Gather(int8) -> Cast -> Mul(Gather(scale))."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    targets = set(embedding_gathers(model))
+    nodes = []
+    for k, node in enumerate(model.graph.node):
+        if k not in targets:
+            nodes.append(node)
+            continue
+        name, ids, out = node.input[0], node.input[1], node.output[0]
+        q, scale = int8_per_channel(numpy_helper.to_array(inits[name]), axis=0)
+        model.graph.initializer.remove(inits[name])
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(q, name + "_q"),
+                numpy_helper.from_array(scale, name + "_row_scale"),
+                numpy_helper.from_array(np.array([-1], np.int64), name + "_last_axis"),
+            ]
+        )
+        nodes += [
+            helper.make_node("Gather", [name + "_q", ids], [out + "_q"], name=out + "_GatherInt8", axis=0),
+            helper.make_node("Cast", [out + "_q"], [out + "_f"], name=out + "_Cast", to=TensorProto.FLOAT),
+            helper.make_node(
+                "Gather", [name + "_row_scale", ids], [out + "_s"], name=out + "_GatherScale", axis=0
+            ),
+            helper.make_node(
+                "Unsqueeze", [out + "_s", name + "_last_axis"], [out + "_s1"], name=out + "_Unsq"
+            ),
+            helper.make_node("Mul", [out + "_f", out + "_s1"], [out], name=out + "_Dequantize"),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def quantize_embeddings(model: Any, mode: str, *, block_size: int = 32) -> Any:
+    """int8 (per-row scales) or 4-bit (GatherBlockQuantized, blocks along the hidden axis) token embeddings."""
+    if mode == "none" or not embedding_gathers(model):
+        return model
+    if mode == "int8":
+        return quantize_embeddings_int8(model)
+    if mode == "int4":
+        tables = {model.graph.node[k].name for k in embedding_gathers(model)}
+        others = [
+            n.name for n in model.graph.node if n.op_type in ("Gather", "MatMul") and n.name not in tables
+        ]
+        return matmul_nbits(model, others, block_size, op_types=("Gather",))
+    raise EdgeEigenLoraError(f"embedding quantization must be none, int8 or int4, got {mode!r}.")
 
 
 def quantize_basis_int4(model: Any, block_size: int = 32) -> Any:
@@ -151,15 +269,34 @@ def quantize_basis(model: Any, mode: str, *, block_size: int = 32) -> Any:
     raise EdgeEigenLoraError(f"basis quantization must be none, int8 or int4, got {mode!r}.")
 
 
-def quantize_base(model: Any, mode: str, *, block_size: int = 32, exclude: list[str] | None = None) -> Any:
-    """Quantize the base model's constant-weight MatMuls, leaving `exclude` (default: the basis MatMuls) fp32."""
+def quantize_base(
+    model: Any,
+    mode: str,
+    *,
+    block_size: int = 32,
+    exclude: list[str] | None = None,
+    embeddings: bool = True,
+    decoder: bool = False,
+) -> Any:
+    """Quantize the base model's constant-weight MatMuls, leaving `exclude` (default: the basis MatMuls) fp32,
+    and (embeddings=True) its token-embedding tables in the same mode; a tied LM head is untied first.
+
+    int8 is dynamic (MatMulInteger: int8 activations too); for a `decoder` LM it is weight-only (8-bit
+    MatMulNBits, float activations) and int4 is asymmetric (a zero point per block): on SmolLM2-135M dynamic
+    int8 cost +0.32 nats per token where weight-only cost +0.005, and symmetric 4-bit +0.29 where
+    asymmetric cost +0.11 (docs/lm.md).
+    """
     import onnx
 
     if mode == "none":
         return model
+    if embeddings:
+        model = quantize_embeddings(untie_transposed_weights(model), mode, block_size=block_size)
     exclude = basis_nodes(model) if exclude is None else exclude
     if mode == "int4":
-        return matmul_nbits(model, exclude, block_size)
+        return matmul_nbits(model, exclude, block_size, symmetric=not decoder)
+    if mode == "int8" and decoder:
+        return matmul_nbits(model, exclude, max(block_size, 128), bits=8)
     if mode != "int8":
         raise EdgeEigenLoraError(f"base quantization must be none, int8 or int4, got {mode!r}.")
     from onnxruntime.quantization import QuantType, quantize_dynamic
