@@ -18,8 +18,8 @@ function tx(mode, fn) {
     (db) =>
       new Promise((resolve, reject) => {
         const t = db.transaction(STORE, mode);
-        const result = fn(t.objectStore(STORE));
-        t.oncomplete = () => resolve(result.result ?? result);
+        const request = fn(t.objectStore(STORE));
+        t.oncomplete = () => resolve(request.result);
         t.onerror = () => reject(new Error(`IndexedDB: ${t.error?.message}`));
       }),
   );
