@@ -8,6 +8,7 @@ and that gives the page's logits; the task survives a reload (IndexedDB); bad in
 message and nothing stored; a tampered graph is refused. Screenshots go to out/test-artefacts/.
 """
 
+import csv
 import json
 import os
 import shutil
@@ -30,32 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "android_demo" / "core" / "src" / "test" / "resources" / "golden"
 ARTEFACTS = ROOT / "out" / "test-artefacts"
 TOL = 1e-4
-TRAIN = [
-    ("An absolute delight from start to finish.", "positive"),
-    ("I loved every minute of it.", "positive"),
-    ("Wonderful acting and a moving story.", "positive"),
-    ("The best film I have seen this year.", "positive"),
-    ("A charming, funny and clever movie.", "positive"),
-    ("Beautifully shot and full of heart.", "positive"),
-    ("Great fun for the whole family.", "positive"),
-    ("Brilliant, I would watch it again.", "positive"),
-    ("A warm and uplifting experience.", "positive"),
-    ("Superb performances all round.", "positive"),
-    ("Fresh, witty and surprisingly touching.", "positive"),
-    ("An excellent, gripping thriller.", "positive"),
-    ("Dull and far too long.", "negative"),
-    ("A complete waste of time.", "negative"),
-    ("The plot made no sense at all.", "negative"),
-    ("Boring, predictable and badly acted.", "negative"),
-    ("I walked out after an hour.", "negative"),
-    ("Terrible dialogue and a lazy script.", "negative"),
-    ("One of the worst films ever made.", "negative"),
-    ("Painfully slow and utterly forgettable.", "negative"),
-    ("The jokes fall flat every time.", "negative"),
-    ("A mess from beginning to end.", "negative"),
-    ("Awful sound and an ugly picture.", "negative"),
-    ("I regret paying for this.", "negative"),
-]
+TRAIN = [(r["text"], r["label"]) for r in csv.DictReader((ROOT / "web" / "examples" / "reviews.csv").open())]
 UNSEEN = [
     "What a lovely, heartwarming film.",
     "Tedious, clumsy and far too long.",
