@@ -286,7 +286,9 @@ def report(result: dict) -> str:
         f"Python with the runtime imported {s['python']['baseline_mib']['median']:.0f} MiB. The page's JS heap after "
         f"training: {s['page']['js_heap_mib']['median']:.0f} MiB (WebAssembly memory is not in it, the renderer's RSS is). "
         f"The {STEPS} training losses of the two sides differ by at most {s['loss_max_abs_diff']:.1e} (same init and "
-        "batches).",
+        "batches). The machine's 1-minute load average was "
+        f"{meta['load_average_1min'][0]:.1f} at the start and {meta['load_average_1min'][1]:.1f} at the end of the run "
+        "(other jobs share its cores): absolute times are slower than on an idle machine, for both sides alike.",
         "",
         "First result: the page fetches and sha256-checks every file it uses (WebCrypto), parses the tokenizer, creates the "
         "inference session and runs 4 texts; Python verifies the whole bundle, creates the session and runs the same 4 texts "
@@ -331,6 +333,7 @@ def main() -> int:
     server = BundleServer(bundle, 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     rounds = []
+    load_start = os.getloadavg()[0]
     with sync_playwright() as p:
         for number in range(args.rounds):
             jobs = {
@@ -365,6 +368,7 @@ def main() -> int:
         "bundle_name": bundle.name,
         "bundle_mb": sum((bundle / f).stat().st_size for f in set(used)) / 1e6,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
+        "load_average_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "onnxruntime": md.version("onnxruntime"),
         "onnxruntime_web": json.loads(
             (ROOT / "web" / "node_modules" / "onnxruntime-web" / "package.json").read_text()
