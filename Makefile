@@ -42,7 +42,8 @@ web-test: $(WEB_READY)
 
 # The browser as a device: the page + the MiniLM web bundle (exported once into ~/.cache/edge-eigenlora/web).
 web: $(VENV)/.ready $(WEB_READY)
-	$(VENV)/bin/edge-eigenlora-device serve "$$($(PY) scripts/make_web_bundle.py | tail -n 1)" --port $(WEB_PORT)
+	BUNDLE="$$($(PY) scripts/make_web_bundle.py)" && \
+	  $(VENV)/bin/edge-eigenlora-device serve "$$(echo "$$BUNDLE" | tail -n 1)" --port $(WEB_PORT)
 
 # Headless Debian chromium (apt) driven by playwright (the `web` extra): parity with the Python runtime.
 test-browser: $(VENV)/.ready
