@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env env-mpnet demo test test-all lint format bench android-core arm64 clean
+.PHONY: env env-mpnet demo test test-all lint format bench android-core arm64 web web-setup web-test test-browser bench-web clean
 
 $(VENV)/.ready: pyproject.toml requirements/constraints.txt requirements/data-packages.txt scripts/setup_env.sh
 	bash scripts/setup_env.sh
@@ -28,6 +28,32 @@ ARM64_READY := $(HOME)/.cache/edge-eigenlora/arm64/site/.wheels
 $(ARM64_READY): scripts/setup_arm64.sh
 	bash scripts/setup_arm64.sh
 
+# The web page's npm modules (onnxruntime-web, @huggingface/tokenizers) from web/package-lock.json.
+WEB_READY := web/node_modules/.ready
+WEB_PORT ?= 8765
+$(WEB_READY): web/package.json web/package-lock.json scripts/setup_web.sh
+	bash scripts/setup_web.sh
+
+web-setup: $(WEB_READY)
+
+# The page's pure modules under node's test runner (tokenizer, safetensors, packing, AdamW against the goldens).
+web-test: $(WEB_READY)
+	cd web && node --test test/
+
+# The browser as a device: the page + the MiniLM web bundle (exported once into ~/.cache/edge-eigenlora/web).
+web: $(VENV)/.ready $(WEB_READY)
+	BUNDLE="$$($(PY) scripts/make_web_bundle.py)" && \
+	  $(VENV)/bin/edge-eigenlora-device serve "$$(echo "$$BUNDLE" | tail -n 1)" --port $(WEB_PORT)
+
+# Headless Debian chromium (apt) driven by playwright (the `web` extra): parity with the Python runtime.
+test-browser: $(VENV)/.ready
+	bash scripts/setup_browser.sh
+	$(PY) -m pytest -q -m slow tests/test_web.py
+
+bench-web: $(VENV)/.ready
+	bash scripts/setup_browser.sh
+	$(PY) -m benchmarks.web
+
 android-core: $(KOTLIN_READY)
 	bash scripts/android_core_test.sh
 
@@ -45,11 +71,14 @@ format: $(VENV)/.ready
 	$(VENV)/bin/ruff format edge_eigenlora tests benchmarks scripts
 	$(VENV)/bin/ruff check --fix edge_eigenlora tests benchmarks scripts
 
-test: lint $(KOTLIN_READY)
+test: lint $(KOTLIN_READY) $(WEB_READY)
 	$(PY) -m pytest -q
+	cd web && node --test test/
 
-test-all: lint $(KOTLIN_READY) $(ARM64_READY)
+test-all: lint $(KOTLIN_READY) $(ARM64_READY) $(WEB_READY)
+	bash scripts/setup_browser.sh
 	$(PY) -m pytest -q -m ""
+	cd web && node --test test/
 
 bench: $(VENV)/.ready
 	$(PY) -m benchmarks.perf --config quick

@@ -131,13 +131,17 @@ def _tasks(basis, layout, hidden: int, out: Path) -> list[Path]:
     return paths
 
 
-def build_bundle(path: Path) -> Path:
-    """The real exported bundle (cached): verified if present, else exported (~2-4 min)."""
+def build_bundle(path: Path, variants: tuple[str, ...] = ("shared",), ort_format: bool = True) -> Path:
+    """The real exported bundle (cached): verified if present, else exported (~2-4 min).
+
+    variants / ort_format: the phone's recipe by default; the web page (scripts/make_web_bundle.py) asks for the
+    per-row graph too and no .ort files (onnxruntime-web reads .onnx).
+    """
     from edge_eigenlora import bundle
 
     if (path / bundle.MANIFEST).is_file():
         manifest = bundle.verify_bundle(path)
-        if manifest.has_graph(bundle.TRAIN_STEP):
+        if manifest.has_graph(bundle.TRAIN_STEP) and all(manifest.has_graph(v) for v in variants):
             return path
     import torch
 
@@ -158,7 +162,12 @@ def build_bundle(path: Path) -> Path:
         layout = bundle.CoefficientLayout.from_basis(basis, RANK)
         tasks = _tasks(basis, layout, int(encoder.config.hidden_size), tmp / "tasks")
         config = ExportConfig(
-            rank=RANK, basis_quant="int8", ort_format=True, target="android", train_step=True
+            rank=RANK,
+            variants=tuple(variants),
+            basis_quant="int8",
+            ort_format=ort_format,
+            target="android" if ort_format else "web",
+            train_step=True,
         )
         staging = tmp / "bundle"
         export_bundle(

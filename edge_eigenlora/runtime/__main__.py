@@ -4,6 +4,7 @@ edge-eigenlora-device tasks BUNDLE                                   # the tasks
 edge-eigenlora-device run BUNDLE --task NAME --text "..." [--text ...] # predict
 edge-eigenlora-device run BUNDLE --task NAME --file texts.txt|.csv|.jsonl
 edge-eigenlora-device train BUNDLE --name NEW --train-file data.csv  # teach the device a new task
+edge-eigenlora-device serve BUNDLE [--port 8765]                     # the web page + bundle on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -266,6 +267,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from edge_eigenlora.runtime.serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise EdgeEigenLoraError(f"--port must be between 0 and 65535, got {args.port}.")
+    return serve(args.bundle, args.port, args.web)
+
+
 def _printable(text: str) -> str:
     """Text for a terminal: control characters (escape sequences, carriage returns...) shown escaped."""
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
@@ -417,6 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace a task of the same name in the bundle (and the --out file)",
     )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "serve", help="serve the web page and this bundle on 127.0.0.1 (the browser as a device)"
+    )
+    p.add_argument("bundle", help="the bundle folder; only manifest.json and the files it lists are served")
+    p.add_argument("--port", type=int, default=8765, help="TCP port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--web", type=Path, default=None, help="the page's folder (default: the checkout's web/)")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
