@@ -31,6 +31,7 @@ __all__ = [
     "quantize_basis_int4",
     "quantize_basis_int8",
     "quantize_embeddings",
+    "quantize_embeddings_int4",
     "quantize_embeddings_int8",
     "relative_error",
     "sqnr_db",
@@ -221,6 +222,58 @@ def quantize_embeddings_int8(model: Any) -> Any:
     return model
 
 
+def quantize_embeddings_int4(model: Any, block_size: int = 32) -> Any:
+    """Each token-embedding table -> com.microsoft.GatherBlockQuantized: 4-bit values packed two per uint8 (low
+    nibble first, stored +8: MatMulNBits' convention), one scale per block of the hidden axis. uint8 storage,
+    not the int4 type, so that ORT-format (.ort) files load it."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    targets = set(embedding_gathers(model))
+    nodes = []
+    for k, node in enumerate(model.graph.node):
+        if k not in targets:
+            nodes.append(node)
+            continue
+        name = node.input[0]
+        w = numpy_helper.to_array(inits[name]).astype(np.float32)
+        block = block_size
+        while w.shape[1] % block:
+            block //= 2
+        if block < 2:
+            raise EdgeEigenLoraError(f"embedding {name}: hidden size {w.shape[1]} has no even block size.")
+        blocks = w.reshape(w.shape[0], -1, block)
+        scale = np.abs(blocks).max(-1) / 7.0
+        scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+        q = np.clip(np.round(blocks / scale[..., None]), -8, 7).astype(np.int16).reshape(w.shape) + 8
+        packed = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
+        model.graph.initializer.remove(inits[name])
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(packed, name + "_q4"),
+                numpy_helper.from_array(scale, name + "_q4_scale"),
+            ]
+        )
+        nodes.append(
+            helper.make_node(
+                "GatherBlockQuantized",
+                [name + "_q4", node.input[1], name + "_q4_scale"],
+                list(node.output),
+                name=node.output[0] + "_GatherBlockQuantized",
+                domain="com.microsoft",
+                gather_axis=0,
+                quantize_axis=1,
+                block_size=block,
+                bits=4,
+            )
+        )
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
 def quantize_embeddings(model: Any, mode: str, *, block_size: int = 32) -> Any:
     """int8 (per-row scales) or 4-bit (GatherBlockQuantized, blocks along the hidden axis) token embeddings."""
     if mode == "none" or not embedding_gathers(model):
@@ -228,11 +281,7 @@ def quantize_embeddings(model: Any, mode: str, *, block_size: int = 32) -> Any:
     if mode == "int8":
         return quantize_embeddings_int8(model)
     if mode == "int4":
-        tables = {model.graph.node[k].name for k in embedding_gathers(model)}
-        others = [
-            n.name for n in model.graph.node if n.op_type in ("Gather", "MatMul") and n.name not in tables
-        ]
-        return matmul_nbits(model, others, block_size, op_types=("Gather",))
+        return quantize_embeddings_int4(model, block_size)
     raise EdgeEigenLoraError(f"embedding quantization must be none, int8 or int4, got {mode!r}.")
 
 

@@ -1,9 +1,11 @@
-"""ONNX export of a small Llama-architecture decoder (tiny, seeded; no KV cache): logits parity with torch for
-fp32, per-row, merged, quantized and .ort graphs, the efficient adapter form, and the bundle's decoder manifest.
+"""ONNX export of a small Llama-architecture decoder (tiny, seeded) as the KV-cache step graph: logits parity
+with torch for fp32, per-row, merged, quantized and .ort graphs, the efficient adapter form, the bundle's
+decoder manifest, and generation (tests/test_generate.py covers the generate API on this fixture's kind).
 """
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -87,41 +89,54 @@ def llama(tmp_path_factory, minilm):
     }
 
 
-def _run(path, feeds):
-    import onnxruntime as ort
+def _runtime(bundle_dir):
+    from edge_eigenlora.runtime.generate import LMRuntime
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+    return LMRuntime(bundle_dir)
 
 
-def _feeds(bundle_dir, name):
-    manifest = bundle.verify_bundle(bundle_dir)
-    return bundle.task_feeds(bundle.load_bundle_task(manifest, name), manifest)
+def _full(bundle_dir, ids, graph_file=None, **task):
+    """Full-sequence logits through a bundle's step graph (empty cache); graph_file picks e.g. the .ort."""
+    rt = _runtime(bundle_dir)
+    if graph_file is not None:
+        from edge_eigenlora.runtime.session import RuntimeOptions
+
+        rt = type(rt)(bundle_dir, options=RuntimeOptions(prefer_ort=True))
+    return rt.forward(ids["input_ids"], ids["attention_mask"], **task)
 
 
 def test_decoder_manifest(llama):
     manifest = bundle.verify_bundle(llama["fp32"])
     assert manifest.kind == "causal_lm" and json.loads(manifest.path.read_text())["head"] is None
     graph = manifest.graph("shared")
-    assert graph.input_names == ("input_ids", "attention_mask", "coefficients")
-    assert graph.inputs[2].shape == (4 * 2 * K * RANK,)
+    cache = bundle.cache_input_names(2)
+    assert graph.input_names == ("input_ids", "attention_mask", "position_ids", *cache, "coefficients")
+    assert graph.inputs[-1].shape == (4 * 2 * K * RANK,)
+    assert graph.inputs[1].shape == ("batch", "total_seq")
+    assert graph.inputs[3].shape == ("batch", 2, "past_seq", 16)
+    assert graph.output_names == ("logits", *bundle.cache_output_names(2))
     assert graph.outputs[0].shape == ("batch", "seq", 30522)
+    assert graph.outputs[1].shape == ("batch", 2, "total_seq", 16)
+    d = manifest.decoder
+    assert (d.num_layers, d.num_heads, d.num_kv_heads, d.head_dim, d.max_positions) == (2, 4, 2, 16, 128)
+    assert manifest.tokenizer.padding_side == "left" and manifest.tokenizer.truncation is False
 
 
 def test_fp32_decoder_logits_equal_torch(llama):
     for name in ("lm0", "lm1"):
-        got = _run(llama["fp32"] / "model_shared.onnx", {**llama["ids"], **_feeds(llama["fp32"], name)})
+        got = _full(llama["fp32"], llama["ids"], task=name)
         assert got.shape == llama["torch"][name].shape
-        assert np.max(np.abs(got - llama["torch"][name])) < 1e-4
+        real = llama["ids"]["attention_mask"].astype(bool)  # right-padded rows: compare the real tokens
+        assert np.max(np.abs(got - llama["torch"][name])[real]) < 1e-4
 
 
 def test_per_row_and_merged_decoder(llama):
-    f0, f1 = _feeds(llama["fp32"], "lm0"), _feeds(llama["fp32"], "lm1")
-    stacked = {"coefficients": np.stack([f0["coefficients"], f1["coefficients"], f0["coefficients"]])}
-    got = _run(llama["fp32"] / "model_per_row.onnx", {**llama["ids"], **stacked})
+    real = llama["ids"]["attention_mask"].astype(bool)
+    got = _full(llama["fp32"], llama["ids"], tasks=["lm0", "lm1", "lm0"])
     for i, name in enumerate(("lm0", "lm1", "lm0")):
-        assert np.max(np.abs(got[i] - llama["torch"][name][i])) < 1e-4
-    merged = _run(llama["fp32"] / "model_merged.onnx", llama["ids"])
-    assert np.max(np.abs(merged - llama["torch"]["lm1"])) < 1e-4
+        assert np.max(np.abs(got[i] - llama["torch"][name][i])[real[i]]) < 1e-4
+    merged = _full(llama["fp32"], llama["ids"])  # no task: the merged graph (lm1 folded)
+    assert np.max(np.abs(merged - llama["torch"]["lm1"])[real]) < 1e-4
 
 
 def test_decoder_graph_has_no_per_token_k_matmul(llama):
@@ -136,15 +151,15 @@ def test_mobile_4bit_bundle_onnx_and_ort(llama):
     assert graph.quantization.basis == "int4" and graph.quantization.base == "int4"
     assert "MatMulNBits" in (llama["mobile"] / graph.required_operators).read_text()
     # 2 layers x 7 Linears + lm_head = 15 base, 2 x 4 basis factor matmuls
-    assert op_counts(onnx.load(str(llama["mobile"] / graph.file)))["com.microsoft.MatMulNBits"] == 15 + 8
-    feeds = {**llama["ids"], **_feeds(llama["mobile"], "lm0")}
-    onnx_out = _run(llama["mobile"] / graph.file, feeds)
-    ort_out = _run(llama["mobile"] / graph.ort_file, feeds)
+    counts = op_counts(onnx.load(str(llama["mobile"] / graph.file)))
+    assert counts["com.microsoft.MatMulNBits"] == 15 + 8  # the untied head too
+    assert counts["com.microsoft.GatherBlockQuantized"] == 1  # the 4-bit token embedding
+    onnx_out = _full(llama["mobile"], llama["ids"], task="lm0")
+    ort_out = _full(llama["mobile"], llama["ids"], graph.ort_file, task="lm0")
     assert np.max(np.abs(ort_out - onnx_out)) < 1e-4
-    rel = quantize.relative_error(llama["torch"]["lm0"], onnx_out)
-    assert 0 < rel < 0.3, (
-        rel
-    )  # 4-bit everywhere on a random tiny model (measured 0.21): a floor, not equality
+    real = llama["ids"]["attention_mask"].astype(bool)
+    rel = quantize.relative_error(llama["torch"]["lm0"][real], onnx_out[real])
+    assert 0 < rel < 0.3, rel  # 4-bit everywhere on a random tiny model: a ceiling, not equality
 
 
 def test_fp16_graph_for_gpu_providers(llama, tmp_path):
@@ -152,7 +167,142 @@ def test_fp16_graph_for_gpu_providers(llama, tmp_path):
     derive_bundle(llama["fp32"], root, config=ExportConfig(rank=RANK, precision="fp16", basis_quant="none"))
     model = onnx.load(str(root / "model_shared.onnx"))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
-    got = _run(
-        root / "model_shared.onnx", {**llama["ids"], **_feeds(root, "lm0")}
-    )  # ORT CPU runs the fp16 graph
-    assert quantize.relative_error(llama["torch"]["lm0"], got) < 5e-3
+    got = _full(root, llama["ids"], task="lm0")  # ORT CPU runs the fp16 graph
+    real = llama["ids"]["attention_mask"].astype(bool)
+    assert quantize.relative_error(llama["torch"]["lm0"][real], got[real]) < 5e-3
+
+
+# -- generation on the device (LMRuntime) against transformers' generate ---------------------------------
+
+PROMPTS = ["a fortune a day keeps the", "nothing", "keep the faith and", "the film was", "good day"]
+
+
+def _attached(llama, name):
+    from edge_eigenlora.model import apply_task
+
+    model = attach_basis(copy.deepcopy(llama["model"]), llama["basis"], rank=RANK)
+    apply_task(model, bundle.load_bundle_task(bundle.read_manifest(llama["fp32"]), name))
+    return model.eval()
+
+
+def _hf_generate(model, tokenizer, prompt, n):
+    enc = tokenizer([prompt], return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        out = model.generate(
+            **enc,
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    return out.sequences[0, enc.input_ids.shape[1] :].tolist(), torch.stack(out.logits)[:, 0].numpy()
+
+
+def test_greedy_generation_is_token_identical_to_transformers_with_logits_at_every_step(llama, minilm):
+    _, tokenizer = minilm
+    rt = _runtime(llama["fp32"])
+    model = _attached(llama, "lm0")
+    for prompt in PROMPTS:
+        stats = {"record_logits": True}
+        (gen,) = rt.generate(prompt, task="lm0", max_new_tokens=48, eos=(), stats=stats)
+        ref_ids, ref_logits = _hf_generate(model, tokenizer, prompt, 48)
+        assert gen.token_ids == ref_ids
+        mine = np.concatenate(stats["logits"])
+        rel = np.abs(mine - ref_logits).max(-1) / np.abs(ref_logits).max(-1)
+        assert rel.max() < 1e-4, rel.max()
+
+
+def test_prefill_and_decode_steps_equal_one_full_pass(llama):
+    rt = _runtime(llama["fp32"])
+    stats = {"record_logits": True}
+    (gen,) = rt.generate(PROMPTS[0], task="lm1", max_new_tokens=12, eos=(), stats=stats)
+    prompt_ids = rt.encode_prompt(PROMPTS[0])
+    full = rt.forward(np.array([prompt_ids + gen.token_ids[:-1]]), task="lm1")[0]
+    steps = np.concatenate(stats["logits"])  # logits that chose token t, for t = 0..11
+    assert np.max(np.abs(full[len(prompt_ids) - 1 :] - steps)) < 1e-4
+
+
+def test_batched_left_padded_and_per_row_generation_equal_one_prompt_at_a_time(llama):
+    rt = _runtime(llama["fp32"])
+    alone = {
+        (p, t): rt.generate(p, task=t, max_new_tokens=10, eos=())[0].token_ids
+        for p in PROMPTS[:3]
+        for t in ("lm0", "lm1")
+    }
+    batched = rt.generate(PROMPTS[:3], task="lm0", max_new_tokens=10, eos=())
+    assert [g.token_ids for g in batched] == [alone[(p, "lm0")] for p in PROMPTS[:3]]
+    tasks = ["lm1", "lm0", "lm1"]
+    rows = rt.generate(PROMPTS[:3], tasks=tasks, max_new_tokens=10, eos=())
+    assert [g.token_ids for g in rows] == [alone[(p, t)] for p, t in zip(PROMPTS[:3], tasks, strict=True)]
+    assert [g.task for g in rows] == tasks
+    assert set(rt._sessions) == {"shared", "per_row"}  # a task switch reused the sessions
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(llama):
+    rt = _runtime(llama["fp32"])
+    greedy = rt.generate(PROMPTS[0], task="lm0", max_new_tokens=8, eos=())[0].token_ids
+    top1 = rt.generate(PROMPTS[0], task="lm0", max_new_tokens=8, eos=(), do_sample=True, top_k=1, seed=3)
+    assert top1[0].token_ids == greedy
+    a = rt.generate(PROMPTS[0], task="lm0", max_new_tokens=8, eos=(), do_sample=True, temperature=2.0, seed=7)
+    b = rt.generate(PROMPTS[0], task="lm0", max_new_tokens=8, eos=(), do_sample=True, temperature=2.0, seed=7)
+    c = rt.generate(PROMPTS[0], task="lm0", max_new_tokens=8, eos=(), do_sample=True, temperature=2.0, seed=8)
+    assert a[0].token_ids == b[0].token_ids != c[0].token_ids
+
+
+def test_eos_and_stop_strings_end_a_row(llama):
+    rt = _runtime(llama["fp32"])
+    (free,) = rt.generate(PROMPTS[0], task="lm0", max_new_tokens=6, eos=())
+    k = next(i for i in range(1, 6) if free.token_ids[i] not in free.token_ids[:i])  # first new token
+    (eos,) = rt.generate(PROMPTS[0], task="lm0", max_new_tokens=6, eos=(free.token_ids[k],))
+    assert eos.finish_reason == "eos" and eos.token_ids == free.token_ids[: k + 1]
+    word = free.text.split()[1]
+    (stop,) = rt.generate(PROMPTS[1], task="lm0", max_new_tokens=6, eos=(), stop=[word])
+    assert stop.finish_reason == "stop" and word not in stop.text and free.text.startswith(stop.text)
+    assert free.finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tasks": ["lm0"]}, "1 tasks for 2 prompts"),
+        ({"task": "lm0", "do_sample": True, "temperature": 0.0}, "temperature must be > 0 when sampling"),
+        ({"task": "lm0", "stop": ["x", ""]}, "stop string 1 is empty"),
+        ({"task": "lm0", "max_new_tokens": 125}, "exceeds the model's context of 128 positions"),
+        ({"task": "nope"}, "task 'nope' is not in bundle"),
+    ],
+)
+def test_generate_refuses_bad_input_with_the_argument_named(llama, kwargs, message):
+    from edge_eigenlora.errors import EdgeEigenLoraError
+
+    with pytest.raises(EdgeEigenLoraError, match=message):
+        _runtime(llama["fp32"]).generate(["the film was", "nothing"], **kwargs)
+
+
+def test_a_classifier_bundle_and_an_lm_bundle_each_refuse_the_other_runtime(llama, tmp_path):
+    from edge_eigenlora.errors import EdgeEigenLoraError
+    from edge_eigenlora.runtime.generate import LMRuntime
+    from edge_eigenlora.runtime.session import DeviceRuntime
+
+    with pytest.raises(
+        EdgeEigenLoraError, match="kind is 'causal_lm', but DeviceRuntime runs classification"
+    ):
+        DeviceRuntime(llama["fp32"])
+    classifier = Path(__file__).parent / "fixtures" / "format1_bundle"
+    with pytest.raises(EdgeEigenLoraError, match="kind is 'classification', but LMRuntime runs causal_lm"):
+        LMRuntime(classifier)
+
+
+def test_int8_phone_bundle_quantizes_the_embedding_and_keeps_generation_close(llama, tmp_path):
+    root = tmp_path / "int8"
+    derive_bundle(llama["fp32"], root, config=ExportConfig(rank=RANK, basis_quant="int8", base_quant="int8"))
+    counts = op_counts(onnx.load(str(root / "model_shared.onnx")))
+    assert counts["com.microsoft.MatMulNBits"] == 15  # weight-only 8-bit: 2 x 7 Linears + the untied head
+    assert "MatMulInteger" not in counts  # no dynamic activation quantization in a decoder
+    got = _full(root, llama["ids"], task="lm0")
+    real = llama["ids"]["attention_mask"].astype(bool)
+    assert quantize.relative_error(llama["torch"]["lm0"][real], got[real]) < 0.02
+    size = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
+    fp32 = sum(p.stat().st_size for p in llama["fp32"].iterdir() if p.is_file())
+    assert size < 0.5 * fp32  # the fp32 bundle holds three graphs' weights once; this one, one graph

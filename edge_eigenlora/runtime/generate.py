@@ -194,7 +194,7 @@ class LMRuntime(BundleRuntime):
 
         settings override `config` fields (max_new_tokens, do_sample, temperature, top_k, top_p,
         repetition_penalty, seed, stop, eos, chat). `stats`, when given, receives prefill_ms, step_ms and
-        prompt lengths.
+        prompt lengths, and with stats["record_logits"] = True each step's last-position logits ("logits").
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -233,6 +233,8 @@ class LMRuntime(BundleRuntime):
             start = time.perf_counter()
             logits, past = self._run_step(session, {**feeds, **task_feeds}, past, batch)
             elapsed = (time.perf_counter() - start) * 1e3
+            if stats is not None and stats.get("record_logits"):
+                stats.setdefault("logits", []).append(logits.copy())
             if stats is not None:
                 stats["step_ms" if step else "prefill_ms"] = stats["step_ms"] + [elapsed] if step else elapsed
             chosen = next_tokens(logits, [r.prompt_ids + r.ids for r in rows], config, rng)
@@ -284,11 +286,12 @@ class LMRuntime(BundleRuntime):
         task: TaskRef | None = None,
         tasks: Sequence[TaskRef] | None = None,
         config: GenerationConfig | None = None,
+        stats: dict[str, Any] | None = None,
         **settings: Any,
     ) -> list[Generation]:
         """Generate for every prompt; returns one `Generation` per prompt, in order (see `stream`)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        stats: dict[str, Any] = {}
+        stats = {} if stats is None else stats
         texts = [""] * len(prompts)
         ids: list[list[int]] = [[] for _ in prompts]
         reasons = ["length"] * len(prompts)
@@ -333,6 +336,40 @@ class LMRuntime(BundleRuntime):
         names = list(contract.graph_output_names(self.KIND, contract.TRAIN_STEP))
         return dict(zip(names, self.session(contract.TRAIN_STEP).run(names, feeds), strict=True))
 
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray | None = None,
+        *,
+        task: TaskRef | None = None,
+        tasks: Sequence[TaskRef] | None = None,
+        coefficients: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Logits [batch, seq, vocab] of one full pass (an empty cache): the reference generation must equal."""
+        ids = np.atleast_2d(np.asarray(input_ids, np.int64))
+        mask = (
+            np.ones_like(ids)
+            if attention_mask is None
+            else np.atleast_2d(np.asarray(attention_mask, np.int64))
+        )
+        if coefficients is not None:
+            variant, task_feeds = (
+                contract.SHARED,
+                {contract.COEFFICIENTS: np.asarray(coefficients, np.float32)},
+            )
+        else:
+            variant, task_feeds, _ = self._plan(len(ids), task, tasks)
+        d = self.decoder
+        empty = np.zeros((len(ids), d.num_kv_heads, 0, d.head_dim), np.float32)
+        feeds = {
+            contract.INPUT_IDS: ids,
+            contract.ATTENTION_MASK: mask,
+            contract.POSITION_IDS: np.clip(mask.cumsum(-1) - 1, 0, None),
+            **task_feeds,
+            **{n: empty for n in contract.cache_input_names(d.num_layers)},
+        }
+        return self.session(variant).run([contract.LOGITS], feeds)[0]
+
     def completion_loss(
         self,
         input_ids: np.ndarray,
@@ -343,25 +380,8 @@ class LMRuntime(BundleRuntime):
         coefficients: np.ndarray | None = None,
     ) -> tuple[float, int]:
         """(summed next-token loss in nats, labelled tokens) of one right-padded batch, forward only."""
-        if coefficients is not None:
-            variant, task_feeds = (
-                contract.SHARED,
-                {contract.COEFFICIENTS: np.asarray(coefficients, np.float32)},
-            )
-        else:
-            variant, task_feeds, _ = self._plan(len(input_ids), task, None)
-        batch = int(input_ids.shape[0])
-        mask = np.asarray(attention_mask, np.int64)
-        feeds = {
-            contract.INPUT_IDS: np.asarray(input_ids, np.int64),
-            contract.ATTENTION_MASK: mask,
-            contract.POSITION_IDS: np.clip(mask.cumsum(-1) - 1, 0, None),
-            **task_feeds,
-        }
-        d = self.decoder
-        empty = np.zeros((batch, d.num_kv_heads, 0, d.head_dim), np.float32)
-        feeds.update({n: empty for n in contract.cache_input_names(d.num_layers)})
-        logits = self.session(variant).run([contract.LOGITS], feeds)[0][:, :-1].astype(np.float64)
+        logits = self.forward(input_ids, attention_mask, task=task, coefficients=coefficients)
+        logits = logits[:, :-1].astype(np.float64)
         target = np.asarray(labels, np.int64)[:, 1:]
         keep = target != contract.IGNORE_INDEX
         top = logits.max(-1, keepdims=True)
