@@ -258,7 +258,7 @@ def test_eos_and_stop_strings_end_a_row(llama):
     (eos,) = rt.generate(PROMPTS[0], task="lm0", max_new_tokens=6, eos=(free.token_ids[k],))
     assert eos.finish_reason == "eos" and eos.token_ids == free.token_ids[: k + 1]
     word = free.text.split()[1]
-    (stop,) = rt.generate(PROMPTS[1], task="lm0", max_new_tokens=6, eos=(), stop=[word])
+    (stop,) = rt.generate(PROMPTS[0], task="lm0", max_new_tokens=6, eos=(), stop=[word])
     assert stop.finish_reason == "stop" and word not in stop.text and free.text.startswith(stop.text)
     assert free.finish_reason == "length"
 
