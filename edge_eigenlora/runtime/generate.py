@@ -74,8 +74,11 @@ class LMRuntime(BundleRuntime):
     KIND = "causal_lm"
     USE = "LMRuntime (generate, stream)"
 
-    def __init__(self, bundle: Any, **kwargs: Any) -> None:
+    def __init__(self, bundle: Any, *, bind_cache: bool = True, **kwargs: Any) -> None:
+        """bind_cache False passes the cache through numpy between steps (the control that shows what
+        keeping it in onnxruntime saves; benchmarks/lm.py)."""
         super().__init__(bundle, **kwargs)
+        self.bind_cache = bind_cache
         if self.manifest.decoder is None:
             raise EdgeEigenLoraError(
                 f"{self.manifest.path}: field 'decoder' is missing: the bundle's graphs have no KV cache (exported "
@@ -160,6 +163,8 @@ class LMRuntime(BundleRuntime):
     ) -> tuple[np.ndarray, list[Any]]:
         """(last-position logits [batch, vocab], presents as OrtValues). `past` None: an empty cache."""
         d = self.decoder
+        if not self.bind_cache:
+            return self._run_step_numpy(session, feeds, past, batch)
         binding = session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
@@ -178,6 +183,16 @@ class LMRuntime(BundleRuntime):
         outputs = binding.get_outputs()
         logits = outputs[0].numpy()[:, -1, :]
         return logits, list(outputs[1:])
+
+    def _run_step_numpy(
+        self, session: Any, feeds: dict[str, np.ndarray], past: list[Any] | None, batch: int
+    ) -> tuple[np.ndarray, list[Any]]:
+        d = self.decoder
+        names_in = contract.cache_input_names(d.num_layers)
+        if past is None:
+            past = [np.zeros((batch, d.num_kv_heads, 0, d.head_dim), np.float32)] * len(names_in)
+        outputs = session.run(None, {**feeds, **dict(zip(names_in, past, strict=True))})
+        return outputs[0][:, -1, :], list(outputs[1:])
 
     # -- generation ------------------------------------------------------------------------------------
     def stream(
