@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env env-mpnet demo test test-all lint format bench android-core arm64 web web-setup web-test test-browser bench-web clean
+.PHONY: env env-mpnet demo demo-lm test test-all lint format bench android-core arm64 web web-setup web-test test-browser bench-web clean
 
 $(VENV)/.ready: pyproject.toml requirements/constraints.txt requirements/data-packages.txt scripts/setup_env.sh
 	bash scripts/setup_env.sh
@@ -62,6 +62,10 @@ arm64: $(VENV)/.ready $(ARM64_READY)
 
 demo: $(VENV)/.ready
 	$(VENV)/bin/edge-eigenlora demo
+
+# The decoder-LM demo (SmolLM2-135M): trains and caches a 3-adapter LM bank on the first run.
+demo-lm: $(VENV)/.ready
+	$(VENV)/bin/edge-eigenlora demo-lm
 
 lint: $(VENV)/.ready
 	$(VENV)/bin/ruff check edge_eigenlora tests benchmarks scripts

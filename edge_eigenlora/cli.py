@@ -9,6 +9,7 @@ edge-eigenlora to-peft --basis B --task T.safetensors --out D  # any task -> a s
 edge-eigenlora build-bank --tasks A B ... --cache-dir D        # train real PEFT LoRA adapters
 edge-eigenlora data                                            # list the real tasks installed here
 edge-eigenlora demo                                            # the whole product on the real MiniLM
+edge-eigenlora demo-lm                                         # a decoder LM (SmolLM2) on the device
 """
 
 from __future__ import annotations
@@ -298,6 +299,13 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return datasets.main(["list"])
 
 
+def _cmd_demo_lm(args: argparse.Namespace) -> int:
+    from edge_eigenlora.demo_lm import run_demo_lm
+
+    run_demo_lm(args.out_dir, args.cache_dir)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edge_eigenlora.demo import run_demo
 
@@ -505,6 +513,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache-dir", default=None, help="adapter cache (default ~/.cache/edge-eigenlora/demo)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "demo-lm",
+        help="the decoder-LM demo on the real SmolLM2-135M: bank, basis, KV-cache bundle, per-row generation, "
+        "personalization on the device",
+    )
+    p.add_argument("--out-dir", default="out/demo_lm", help="where the basis, tasks, bundle and summary go")
+    p.add_argument(
+        "--cache-dir", default=None, help="LM bank cache (default ~/.cache/edge-eigenlora/demo_lm)"
+    )
+    p.set_defaults(func=_cmd_demo_lm)
     return parser
 
 
