@@ -150,7 +150,8 @@ def add_export_commands(subparsers: Any) -> None:
     p.add_argument(
         "--base-quant",
         choices=QUANT_MODES,
-        help="base model: none, int8 (dynamic) or int4 (MatMulNBits); default none",
+        help="base model: none, int8 (dynamic; weight-only for a decoder LM) or int4 (MatMulNBits); embeddings "
+        "too; default none",
     )
     p.add_argument(
         "--precision", choices=["fp32", "fp16"], help="fp16 for GPU execution providers (default fp32)"
