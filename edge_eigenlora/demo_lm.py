@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_eigenlora import bundle as contract
 from edge_eigenlora.basis import SubspaceConfig
 
 __all__ = ["DATA_DIR", "LmDemoConfig", "run_demo_lm"]
@@ -98,7 +99,7 @@ def run_demo_lm(
         SMOLLM2,
         basis_path,
         staging / "bundle",
-        config=ExportConfig(rank=config.rank, variants=("shared", "per_row"), train_step=True),
+        config=ExportConfig(rank=config.rank, variants=(contract.SHARED, contract.PER_ROW), train_step=True),
         tasks=task_paths,
         model=model,
         tokenizer=tokenizer,
@@ -149,9 +150,9 @@ def run_demo_lm(
 def _print(s: dict[str, Any]) -> None:
     d = s["device"]
     print("\nTwo tasks in one batch (per-row graph):")
-    for row in d["per_row"]["rows"]:
+    for row in d["two_tasks"]["rows"]:
         print(f"  [{row['task']}] {row['prompt']} ->{row['text']!r}")
-    print(f"  {d['per_row']['decode_ms_per_step']:.1f} ms per decode step for the batch of 2")
+    print(f"  {d['two_tasks']['decode_ms_per_step']:.1f} ms per decode step for the batch of 2")
     print(
         f"\nPersonalized on the device: {d['training']['steps']} steps, {d['training']['ms_per_step']:.0f} ms/step"
     )

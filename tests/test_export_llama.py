@@ -209,7 +209,7 @@ def test_greedy_generation_is_token_identical_to_transformers_with_logits_at_eve
         (gen,) = rt.generate(prompt, task="lm0", max_new_tokens=48, eos=(), stats=stats)
         ref_ids, ref_logits = _hf_generate(model, tokenizer, prompt, 48)
         assert gen.token_ids == ref_ids
-        mine = np.concatenate(stats["logits"])
+        mine = np.concatenate(stats["step_logits"])
         rel = np.abs(mine - ref_logits).max(-1) / np.abs(ref_logits).max(-1)
         assert rel.max() < 1e-4, rel.max()
 
@@ -220,7 +220,7 @@ def test_prefill_and_decode_steps_equal_one_full_pass(llama):
     (gen,) = rt.generate(PROMPTS[0], task="lm1", max_new_tokens=12, eos=(), stats=stats)
     prompt_ids = rt.encode_prompt(PROMPTS[0])
     full = rt.forward(np.array([prompt_ids + gen.token_ids[:-1]]), task="lm1")[0]
-    steps = np.concatenate(stats["logits"])  # logits that chose token t, for t = 0..11
+    steps = np.concatenate(stats["step_logits"])  # logits that chose token t, for t = 0..11
     assert np.max(np.abs(full[len(prompt_ids) - 1 :] - steps)) < 1e-4
 
 

@@ -94,7 +94,7 @@ def test_smollm2_greedy_generation_equals_transformers_token_for_token(smol):
         ref_ids = out.sequences[0, enc.input_ids.shape[1] :].tolist()
         assert gen.token_ids == ref_ids, prompt
         ref = torch.stack(out.logits)[:, 0].numpy()
-        mine = np.concatenate(stats["logits"])
+        mine = np.concatenate(stats["step_logits"])
         rel = np.abs(mine - ref).max(-1) / np.abs(ref).max(-1)
         worst = max(worst, float(rel.max()))
     assert worst < 1e-4, worst

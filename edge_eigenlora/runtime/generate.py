@@ -209,7 +209,7 @@ class LMRuntime(BundleRuntime):
 
         settings override `config` fields (max_new_tokens, do_sample, temperature, top_k, top_p,
         repetition_penalty, seed, stop, eos, chat). `stats`, when given, receives prefill_ms, step_ms and
-        prompt lengths, and with stats["record_logits"] = True each step's last-position logits ("logits").
+        prompt lengths, and with stats["record_logits"] = True each step's last-position logits ("step_logits").
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -249,7 +249,7 @@ class LMRuntime(BundleRuntime):
             logits, past = self._run_step(session, {**feeds, **task_feeds}, past, batch)
             elapsed = (time.perf_counter() - start) * 1e3
             if stats is not None and stats.get("record_logits"):
-                stats.setdefault("logits", []).append(logits.copy())
+                stats.setdefault("step_logits", []).append(logits.copy())
             if stats is not None:
                 stats["step_ms" if step else "prefill_ms"] = stats["step_ms"] + [elapsed] if step else elapsed
             chosen = next_tokens(logits, [r.prompt_ids + r.ids for r in rows], config, rng)
