@@ -242,7 +242,7 @@ def tokenize_lm_examples(
             completion = tok.encode_one(rec.completion or "", False)
             if prompt.overflowing or len(prompt.ids) >= limit:
                 raise EdgeEigenLoraError(
-                    f'{rec.where}: field "prompt" has {len(prompt.ids)}{"+" if prompt.overflowing else ""} tokens '
+                    f'{rec.where}: field "prompt" has {"more than " if prompt.overflowing else ""}{len(prompt.ids)} tokens '
                     f"(with the chat template: {'yes' if not specials else 'no'}); the token limit is {limit}, which "
                     "leaves no room for the completion: shorten the prompt, or raise --max-length (at most the "
                     f"model's context of {runtime.decoder.max_positions})."
