@@ -741,3 +741,18 @@ def test_smollm2_40_device_steps_lower_the_held_out_loss(smol, tmp_path):
     )
     assert outcome.steps == 40
     assert after < before - 0.25, (before, after)
+
+
+def test_generate_cli_defaults_equal_the_library_defaults():
+    from dataclasses import fields
+
+    from edge_eigenlora.runtime.__main__ import build_parser
+    from edge_eigenlora.runtime.sampling import GenerationConfig
+
+    args = vars(build_parser().parse_args(["generate", "B", "--task", "t", "--prompt", "p"]))
+    flags = {"do_sample": "sample", "stop": None, "eos": None, "chat": None}
+    for f in fields(GenerationConfig):
+        name = flags.get(f.name, f.name)
+        if name is not None:
+            assert args[name] == (f.default if f.name != "do_sample" else False), f.name
+    assert args["stop"] is None and args["no_chat"] is False
