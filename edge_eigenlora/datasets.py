@@ -70,6 +70,7 @@ __all__ = [
     "normalise_text",
     "read_fortune_file",
     "read_wordnet_synsets",
+    "read_wordnet_words",
     "split_sizes",
     "stratified_split",
 ]
@@ -610,6 +611,24 @@ def read_wordnet_synsets(path: Path) -> list[tuple[str, str, list[str]]]:
         examples = re.findall(r'"([^"]+)"', gloss)
         definition = gloss.split('"', 1)[0].strip().rstrip(";").strip()
         out.append((lexname, definition, examples))
+    return out
+
+
+def read_wordnet_words(path: Path) -> list[tuple[str, str]]:
+    """(first word of the synset, definition) for each synset line of a WordNet data file (words with
+    underscores for spaces are given with spaces), e.g. ("quickly", "with rapid movements")."""
+    if path.name not in WORDNET_FILES:
+        raise EdgeEigenLoraError(f"{path.name}: only {WORDNET_FILES} may be read (data.noun is reserved)")
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line or line.startswith(" "):
+            continue
+        head, _, gloss = line.partition(" | ")
+        fields = head.split(" ")
+        word = re.sub(r"\(.*\)$", "", fields[4]).replace("_", " ")
+        definition = gloss.split('"', 1)[0].strip().rstrip(";").strip()
+        if word and definition:
+            out.append((word, definition))
     return out
 
 

@@ -5,6 +5,8 @@ edge-eigenlora-device run BUNDLE --task NAME --text "..." [--text ...] # predict
 edge-eigenlora-device run BUNDLE --task NAME --file texts.txt|.csv|.jsonl
 edge-eigenlora-device train BUNDLE --name NEW --train-file data.csv  # teach the device a new task
 edge-eigenlora-device serve BUNDLE [--port 8765]                     # the web page + bundle on 127.0.0.1
+edge-eigenlora-device generate BUNDLE --task NAME --prompt "..." [--prompt ...] [--stream] [--json]  # an LM
+edge-eigenlora-device train BUNDLE --kind causal_lm --name NEW --train-file data.jsonl  # personalize an LM
 """
 
 from __future__ import annotations
@@ -22,6 +24,31 @@ __all__ = ["build_parser", "main"]
 MIN_LENGTH = 2  # [CLS] and [SEP]
 # --max-length above this is refused without trying: a probe would cost O(L^2) memory
 MAX_PROBE_LENGTH = 8192
+
+
+def _bundle_kind(args: argparse.Namespace) -> str:
+    """The bundle's kind (manifest field 'kind'), checked against what the command runs."""
+    from edge_eigenlora import bundle as contract
+
+    kind = contract.read_manifest(Path(args.bundle)).kind
+    if args.command == "run" and kind == "causal_lm":
+        raise EdgeEigenLoraError(
+            f"{args.bundle} is a causal_lm bundle (a language model); `run` classifies texts with a classification "
+            f"bundle. Generate text with: edge-eigenlora-device generate {args.bundle} --task NAME --prompt TEXT"
+        )
+    if args.command == "generate" and kind != "causal_lm":
+        raise EdgeEigenLoraError(
+            f"{args.bundle} is a {kind} bundle; `generate` needs a causal_lm bundle (a decoder language model "
+            f"exported with its KV cache). Classify texts with: edge-eigenlora-device run {args.bundle} --task "
+            "NAME --text TEXT"
+        )
+    wanted = getattr(args, "kind", None)
+    if wanted is not None and wanted != kind:
+        raise EdgeEigenLoraError(
+            f"--kind {wanted}, but {args.bundle} is a {kind} bundle (its manifest's field 'kind'); give "
+            f"--kind {kind} or leave --kind out (it is read from the bundle)."
+        )
+    return kind
 
 
 def _runtime(args: argparse.Namespace) -> object:
@@ -42,6 +69,17 @@ def _runtime(args: argparse.Namespace) -> object:
         options = replace(RuntimeOptions.low_memory(args.threads), prefer_ort=args.prefer_ort)
     else:
         options = RuntimeOptions(threads=args.threads, arena=not args.no_arena, prefer_ort=args.prefer_ort)
+    if _bundle_kind(args) == "causal_lm":
+        from edge_eigenlora.runtime.generate import LMRuntime
+
+        lm = LMRuntime(args.bundle, options=options, max_length=args.max_length, on_long=args.on_long)
+        context = lm.decoder.max_positions
+        if args.max_length is not None and args.max_length > context:
+            raise EdgeEigenLoraError(
+                f"--max-length {args.max_length} is more than the model's context of {context} positions "
+                "(manifest field 'decoder.max_positions'); use at most that, or leave --max-length out."
+            )
+        return lm
     rt = DeviceRuntime(args.bundle, options=options, max_length=args.max_length, on_long=args.on_long)
     _check_max_length(rt, args.max_length)
     return rt
@@ -132,6 +170,9 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
         return 0
     print(f"bundle {args.bundle}: graphs {', '.join(rt.variants())}; {len(rows)} task(s)")  # type: ignore[attr-defined]
     for row in rows:
+        if row.get("kind") == "causal_lm":
+            print(f"  {row['name']:<24} language-model task")
+            continue
         print(
             f"  {row['name']:<24} {row.get('num_labels') or '?':>3} labels  {_printable(', '.join(map(str, row.get('labels', [])))[:70])}"
         )
@@ -175,7 +216,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from edge_eigenlora.labelled_file import read_labelled_file
-    from edge_eigenlora.runtime.trainer import DeviceTrainConfig, GradientTrainer, write_task
+    from edge_eigenlora.runtime.trainer import GradientTrainer, write_task
     from edge_eigenlora.runtime.zeroth_order import ZerothOrderTrainer, ZOConfig
 
     if args.no_add and not args.out:
@@ -194,6 +235,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.checkpoint
         else Path(args.bundle) / ".checkpoints" / f"{args.name}.safetensors"
     )
+    if _bundle_kind(args) == "causal_lm":
+        return _train_lm(args, checkpoint)
+    if args.chat is not None:
+        raise EdgeEigenLoraError(
+            "--chat/--no-chat format a language model's prompts; this is a classification bundle: leave it out."
+        )
     rt = _runtime(args)
     data = read_labelled_file(args.train_file)
     validation = None
@@ -205,6 +252,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"task {args.name!r} already exists in {args.bundle}; choose another --name or pass --overwrite."
         )
     if args.method == "zo":
+        if args.init_task:
+            raise EdgeEigenLoraError(
+                "--init-task continues a task with gradients: use it with --method grad."
+            )
         config = ZOConfig(
             steps=args.max_steps or ZOConfig.steps,
             batch_size=args.batch_size,
@@ -219,20 +270,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             rt, args.name, (data.texts, data.labels), data.label_names, validation=validation, config=config
         )  # type: ignore[arg-type]
     else:
-        config = DeviceTrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            accumulation=args.accumulation,
-            lr=args.lr or DeviceTrainConfig.lr,
-            head_lr=args.head_lr,
-            max_steps=args.max_steps,
-            eval_every=args.eval_every,
-            patience=args.patience,
-            checkpoint_every=args.checkpoint_every,
-            validation_fraction=args.validation_fraction,
-            seed=args.seed,
-            head_init=args.head_init,
-        )
+        config = _train_config(args)
         trainer = GradientTrainer(
             rt,
             args.name,
@@ -242,6 +280,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             config=config,
             checkpoint=checkpoint,
             resume=not args.no_resume,
+            init_task=args.init_task,
         )
     print(
         f"training task {args.name!r} on {len(trainer.train)} examples ({len(trainer.val)} for validation), "
@@ -273,6 +312,228 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise EdgeEigenLoraError(f"--port must be between 0 and 65535, got {args.port}.")
     return serve(args.bundle, args.port, args.web)
+
+
+def _train_config(args: argparse.Namespace) -> object:
+    from edge_eigenlora.runtime.trainer import DeviceTrainConfig
+
+    return DeviceTrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        accumulation=args.accumulation,
+        lr=args.lr or DeviceTrainConfig.lr,
+        head_lr=args.head_lr,
+        max_steps=args.max_steps,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        checkpoint_every=args.checkpoint_every,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        head_init=args.head_init,
+    )
+
+
+def _train_lm(args: argparse.Namespace, checkpoint: Path) -> int:
+    """`train` on a causal_lm bundle: JSONL of {"prompt", "completion"} or {"text"}, the LM trainer."""
+    from edge_eigenlora.runtime.lm_trainer import LMTrainer, read_lm_file
+    from edge_eigenlora.runtime.trainer import write_task
+
+    if args.method != "grad":
+        raise EdgeEigenLoraError(
+            f"--method {args.method} trains classifiers; a causal_lm bundle trains with its train-step graph "
+            "(--method grad, the default)."
+        )
+    if args.head_lr is not None or args.head_init != "random":
+        raise EdgeEigenLoraError(
+            "--head-lr and --head-init set a classifier's head; a language model's task has no head: leave them out."
+        )
+    rt = _runtime(args)
+    if args.name in rt.manifest.tasks and not args.overwrite:  # type: ignore[attr-defined]
+        raise EdgeEigenLoraError(
+            f"task {args.name!r} already exists in {args.bundle}; choose another --name or pass --overwrite."
+        )
+    train = read_lm_file(args.train_file)
+    validation = read_lm_file(args.validation_file) if args.validation_file else None
+    trainer = LMTrainer(
+        rt,  # type: ignore[arg-type]
+        args.name,
+        train,
+        validation=validation,
+        config=_train_config(args),  # type: ignore[arg-type]
+        checkpoint=checkpoint,
+        resume=not args.no_resume,
+        init_task=args.init_task,
+        chat=args.chat,
+    )
+    tokens = sum(trainer.train.weight(trainer.train.batch([i], 0)[2]) for i in range(len(trainer.train)))
+    print(
+        f"training language-model task {args.name!r} on {len(trainer.train)} examples ({tokens} completion "
+        f"tokens; {len(trainer.val)} examples for validation), {trainer.total_steps} steps",
+        file=sys.stderr,
+        flush=True,
+    )
+    outcome = trainer.fit()
+    written = write_task(rt, outcome.task, output=args.out, add_to_bundle=not args.no_add)  # type: ignore[arg-type]
+    if trainer.checkpoint is not None and trainer.checkpoint.exists():
+        trainer.checkpoint.unlink()
+    summary = {
+        "task": args.name,
+        "kind": "causal_lm",
+        "steps": outcome.steps,
+        "best_step": outcome.best_step,
+        "val_loss_before": outcome.task.info.get("val_loss_before"),
+        "val_loss": outcome.best_metric,
+        "seconds": round(outcome.seconds, 2),
+        "resumed_from": outcome.resumed_from,
+        "rollbacks": outcome.rollbacks,
+        "written": written,
+    }
+    print(_json(summary))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import time
+
+    from edge_eigenlora import bundle as contract
+    from edge_eigenlora.runtime.sampling import GenerationConfig
+
+    prompts = list(args.prompt or [])
+    if not prompts:
+        raise EdgeEigenLoraError("nothing to generate: give --prompt TEXT (repeatable).")
+    for i, prompt in enumerate(prompts, start=1):
+        if not prompt.strip():
+            raise EdgeEigenLoraError(f"--prompt number {i} is empty; give the text to continue.")
+    if args.tasks is not None and len(args.tasks) != len(prompts):
+        raise EdgeEigenLoraError(
+            f"--tasks lists {len(args.tasks)} tasks for {len(prompts)} prompts (--prompt); give one task per "
+            "prompt, in order, or --task NAME for all of them."
+        )
+    for i, stop in enumerate(args.stop or [], start=1):
+        if not stop:
+            raise EdgeEigenLoraError(
+                f"--stop number {i} is empty; an empty stop string would end every row at once: remove it."
+            )
+    if args.max_new_tokens < 1:
+        raise EdgeEigenLoraError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.sample and not args.temperature > 0:
+        raise EdgeEigenLoraError(
+            f"--temperature must be > 0 with --sample, got {args.temperature}; for deterministic output leave "
+            "--sample out (greedy)."
+        )
+    d = GenerationConfig()
+    if not args.sample and (
+        args.temperature != d.temperature or args.top_k != d.top_k or args.top_p != d.top_p
+    ):
+        print(
+            "warning: --temperature, --top-k and --top-p apply only with --sample; generating greedily",
+            file=sys.stderr,
+        )
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=tuple(args.stop or ()),
+        chat=False if args.no_chat else None,
+    )
+    rt = _runtime(args)
+    context = rt.decoder.max_positions  # type: ignore[attr-defined]
+    for i, prompt in enumerate(prompts, start=1):
+        text, specials = rt.format_prompt(prompt, config.chat)  # type: ignore[attr-defined]
+        enc = rt.tokenizer.encode_one(text, specials)  # type: ignore[attr-defined]
+        n = f"more than {len(enc.ids)}" if enc.overflowing else str(len(enc.ids))
+        if enc.overflowing or len(enc.ids) + args.max_new_tokens > context:
+            raise EdgeEigenLoraError(
+                f"--prompt number {i} has {n} tokens; with --max-new-tokens {args.max_new_tokens} it exceeds the "
+                f"model's context of {context} positions: shorten the prompt or lower --max-new-tokens."
+            )
+    task = args.task if args.tasks is None else None
+    names = args.tasks or [args.task] * len(prompts)
+    # open the graph's session first, so the timings are generation's own
+    manifest = rt.manifest  # type: ignore[attr-defined]
+    per_row = args.tasks is not None and len(set(args.tasks)) > 1
+    variant = contract.PER_ROW if per_row else contract.SHARED
+    loading = time.perf_counter()
+    if manifest.has_graph(variant):
+        rt.session(variant)  # type: ignore[attr-defined]
+    load_ms = (time.perf_counter() - loading) * 1e3
+    start = time.perf_counter()
+    stats: dict = {}
+    texts, ids = [""] * len(prompts), [[] for _ in prompts]
+    reasons = ["length"] * len(prompts)
+    shown, several, finished = 0, len(prompts) > 1, [False] * len(prompts)
+    if args.stream and not args.json and several:
+        print(f"[prompt 1] {_printable(prompts[0][:60])}", flush=True)
+    events = rt.stream(prompts, task=task, tasks=args.tasks, config=config, stats=stats)  # type: ignore[attr-defined]
+    for event in events:
+        row = event.row
+        texts[row] += event.text
+        ids[row].append(event.token_id)
+        if event.finish_reason:
+            reasons[row] = event.finish_reason
+        if not args.stream:
+            continue
+        if args.json:
+            print(
+                _json(
+                    {
+                        "row": row,
+                        "token_id": event.token_id,
+                        "text": event.text,
+                        "finish_reason": event.finish_reason,
+                    }
+                ),
+                flush=True,
+            )
+            continue
+        if row == shown:  # rows print in order: the first unfinished one live, later ones when reached
+            print(event.text, end="", flush=True)
+        if event.finish_reason:
+            finished[row] = True
+        while shown < len(prompts) and finished[shown]:
+            shown += 1
+            print(flush=True)
+            if shown < len(prompts):
+                print(f"[prompt {shown + 1}] {_printable(prompts[shown][:60])}", flush=True)
+                print(texts[shown], end="", flush=True)
+    total_ms = (time.perf_counter() - start) * 1e3
+    steps = stats.get("step_ms", [])
+    ms = {
+        "prefill": round(float(stats.get("prefill_ms", 0.0)), 3),
+        "per_token": round(sum(steps) / len(steps), 3) if steps else 0.0,
+        "total": round(total_ms, 3),
+    }
+    if args.json:
+        for i, prompt in enumerate(prompts):
+            print(
+                _json(
+                    {
+                        "prompt": prompt,
+                        "task": names[i],
+                        "text": texts[i],
+                        "token_ids": ids[i],
+                        "finish_reason": reasons[i],
+                        "prompt_tokens": stats["prompt_tokens"][i],
+                        "ms": ms,
+                    }
+                )
+            )
+    elif not args.stream:
+        for i, text in enumerate(texts):
+            if several:
+                print(f"[prompt {i + 1}] {_printable(prompts[i][:60])}")
+            print(text)
+    generated = sum(len(r) for r in ids)
+    print(
+        f"{len(prompts)} prompt(s), {generated} tokens in {total_ms:.0f} ms (prefill {ms['prefill']:.1f} ms, "
+        f"{ms['per_token']:.2f} ms per decode step; the session started in {load_ms:.0f} ms before)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _printable(text: str) -> str:
@@ -345,6 +606,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edge_eigenlora.runtime.sampling import GenerationConfig
     from edge_eigenlora.runtime.trainer import DeviceTrainConfig
     from edge_eigenlora.runtime.zeroth_order import ZOConfig
 
@@ -368,11 +630,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("train", help="train a new task on the device from a CSV/JSONL file of labelled texts")
+    p = sub.add_parser(
+        "train",
+        help="train a new task on the device: a classifier from labelled texts (CSV/JSONL), or a language model "
+        'from JSONL of {"prompt", "completion"} or {"text"}',
+    )
     _common(p)
+    p.add_argument(
+        "--kind",
+        choices=("classification", "causal_lm"),
+        default=None,
+        help="the bundle's kind (default: read from its manifest; given, it is checked against it)",
+    )
     p.add_argument("--name", required=True, help="name of the new task (letters, digits, . _ -)")
     p.add_argument(
-        "--train-file", required=True, help=".csv/.tsv (header text,label) or .jsonl ({text, label})"
+        "--train-file",
+        required=True,
+        help='classifier: .csv/.tsv (header text,label) or .jsonl ({text, label}); causal_lm: .jsonl of {"prompt", '
+        '"completion"} (loss on the completion) or {"text"} (loss on every token)',
     )
     p.add_argument(
         "--validation-file", help="labelled validation texts (default: split off the training file)"
@@ -418,6 +693,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of init, split and shuffling")
+    p.add_argument("--init-task", help="start from this task of the bundle instead of a zero delta (grad)")
+    p.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="causal_lm: format prompts with the bundle's chat template, as `generate` does (default: when the "
+        "bundle has one)",
+    )
     p.add_argument("--out", help="also write the task file here")
     p.add_argument("--no-add", action="store_true", help="do not add the task to the bundle (use with --out)")
     p.add_argument(
@@ -434,6 +717,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="TCP port on 127.0.0.1 (0: any free port)")
     p.add_argument("--web", type=Path, default=None, help="the page's folder (default: the checkout's web/)")
     p.set_defaults(func=_cmd_serve)
+
+    g = GenerationConfig()
+    p = sub.add_parser(
+        "generate", help="generate text with a language-model bundle (one task, or one per prompt)"
+    )
+    _common(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--task", help="task name for every prompt (see `tasks`)")
+    which.add_argument(
+        "--tasks",
+        nargs="+",
+        metavar="TASK",
+        help="one task per --prompt, in order (one batch, per-row graph)",
+    )
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable: the prompts run as one batch)")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=g.max_new_tokens, help="tokens to generate at most per prompt"
+    )
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=g.temperature, help="sampling temperature (> 0)")
+    p.add_argument("--top-k", type=int, default=g.top_k, help="sample among the k likeliest tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=g.top_p, help="nucleus sampling mass (1: off)")
+    p.add_argument(
+        "--repetition-penalty", type=float, default=g.repetition_penalty, help="transformers' rule (1: off)"
+    )
+    p.add_argument("--seed", type=int, default=g.seed, help="sampling seed")
+    p.add_argument(
+        "--stop", action="append", help="a string that ends a prompt's text (repeatable; cut before it)"
+    )
+    p.add_argument(
+        "--no-chat",
+        action="store_true",
+        help="use the prompts as they are, without the bundle's chat template",
+    )
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per prompt (text, token_ids, finish_reason, prompt_tokens, ms); with --stream, "
+        "one per token first",
+    )
+    p.set_defaults(func=_cmd_generate)
     return parser
 
 

@@ -59,9 +59,10 @@ class BundleTokenizer:
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=self.max_length)
 
-    def encode_one(self, text: str) -> Any:
-        """One text's `tokenizers.Encoding` (ids, tokens, offsets), truncated at max_length, unpadded."""
-        return self._tok.encode(text)
+    def encode_one(self, text: str, add_special_tokens: bool = True) -> Any:
+        """One text's `tokenizers.Encoding` (ids, tokens, offsets), truncated at max_length, unpadded
+        (`overflowing` is non-empty when the text was cut)."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens)
 
     def encode_ids(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """One text's token ids (a chat template's text carries its own special tokens: pass False)."""

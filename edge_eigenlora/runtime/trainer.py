@@ -36,6 +36,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "DeviceTrainConfig",
     "Examples",
+    "GradientLoop",
     "GradientTrainer",
     "PARAMS",
     "TrainOutcome",
@@ -43,6 +44,7 @@ __all__ = [
     "cross_entropy",
     "embed_examples",
     "evaluate",
+    "init_coefficients",
     "init_params",
     "make_task",
     "probe_head",
@@ -138,6 +140,10 @@ class Examples:
         ids, mask = pad_ids([self.rows[i] for i in idx], pad_id)
         return ids, mask, self.labels[np.asarray(idx)]
 
+    def weight(self, labels: np.ndarray) -> int:
+        """What a micro-batch's mean loss is averaged over: its rows."""
+        return len(labels)
+
     def digest(self) -> str:
         h = hashlib.sha256()
         for row, label in zip(self.rows, self.labels.tolist(), strict=True):
@@ -214,6 +220,17 @@ def check_labels(labels: np.ndarray, num_labels: int, where: str) -> None:
         )
 
 
+def init_coefficients(layout: contract.CoefficientLayout, rng: np.random.Generator) -> np.ndarray:
+    """LoRA's init moved into the subspace: alpha_A uniform(+-1/sqrt(width)), alpha_B = 0 (so delta W = 0)."""
+    parts = []
+    for m in layout.modules:
+        width = layout.widths[m]
+        bound = 1.0 / math.sqrt(width)
+        parts.append(rng.uniform(-bound, bound, (width, layout.rank)).astype(np.float32).ravel())
+        parts.append(np.zeros(width * layout.rank, np.float32))
+    return np.concatenate(parts)
+
+
 def init_params(
     runtime: DeviceRuntime, num_labels: int, seed: int, init_task: LoadedTask | None = None
 ) -> dict[str, np.ndarray]:
@@ -230,16 +247,10 @@ def init_params(
             contract.HEAD_BIAS: init_task.head_bias.copy(),
         }
     rng = np.random.default_rng(seed)
-    layout = runtime.layout
-    parts = []
-    for m in layout.modules:
-        width = layout.widths[m]
-        bound = 1.0 / math.sqrt(width)
-        parts.append(rng.uniform(-bound, bound, (width, layout.rank)).astype(np.float32).ravel())
-        parts.append(np.zeros(width * layout.rank, np.float32))
+    coefficients = init_coefficients(runtime.layout, rng)
     head = (rng.standard_normal((num_labels, runtime.hidden_size)) * 0.02).astype(np.float32)
     return {
-        contract.COEFFICIENTS: np.concatenate(parts),
+        contract.COEFFICIENTS: coefficients,
         contract.HEAD_WEIGHT: head,
         contract.HEAD_BIAS: np.zeros(num_labels, np.float32),
     }
@@ -352,6 +363,8 @@ def make_task(
 
 @dataclass
 class TrainOutcome:
+    """best_metric: the best validation accuracy (classifier) or completion loss (language model)."""
+
     task: Task
     best_metric: float
     best_step: int
@@ -363,48 +376,60 @@ class TrainOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class GradientTrainer:
-    """Trains coefficients + head with the bundle's train-step graph; see DeviceTrainConfig."""
+class GradientLoop:
+    """The train-step loop every model kind shares: AdamW over `param_names`, gradient accumulation weighted by
+    what each micro-batch's loss averages over, validation with early stopping and the best weights restored, a
+    checkpoint every N steps (atomic, fingerprinted, resumable after SIGKILL) and rollback with a learning-rate
+    back-off on NaN or an exploding loss.
 
-    def __init__(
-        self,
-        runtime: DeviceRuntime,
-        name: str,
-        train: tuple[Sequence[str], Sequence[int]],
-        label_names: Sequence[str],
-        *,
-        validation: tuple[Sequence[str], Sequence[int]] | None = None,
-        config: DeviceTrainConfig | None = None,
-        checkpoint: str | os.PathLike[str] | None = None,
-        resume: bool = True,
-        init_task: str | Task | None = None,
-        log: Log = stderr_log,
-        eval_graph: str = contract.SHARED,
-    ) -> None:
-        self.runtime = runtime
-        self.config = config or DeviceTrainConfig()
-        self.name = contract.check_task_name(name)
-        self.label_names = list(label_names)
-        self.log = log
-        if not runtime.has_train_step:
-            raise EdgeEigenLoraError(
-                f"{runtime.root}: this bundle has no train-step graph; add one on the workstation "
-                "(edge_eigenlora.train_graph.add_train_step) or use the forward-only trainer (--method zo)."
-            )
-        self.init_task = runtime.task(init_task) if init_task is not None else None
-        self.num_labels = self.init_task.num_labels if self.init_task is not None else len(self.label_names)
-        texts, labels, validation = split_examples(
-            name, self.num_labels, train, validation, self.config.validation_fraction, self.config.seed
-        )
-        self.train = tokenize_examples(runtime, texts, labels, self.num_labels, "training labels")
-        val = validation or ([], [])
-        self.val = tokenize_examples(
-            runtime, list(val[0]), list(val[1]), self.num_labels, "validation labels"
-        )
-        self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.resume = resume
-        self.eval_graph = eval_graph if eval_graph in runtime.variants() else contract.TRAIN_STEP
-        self.pad = runtime.tokenizer.pad_id
+    A subclass sets `runtime`, `config`, `name`, `train`, `val` (examples with `__len__`, `batch(idx, pad)`,
+    `weight(labels)` and `digest()`), `param_names`, `checkpoint`, `resume`, `log`, `pad`, and implements the
+    hooks below. `runtime.train_step(ids, mask, labels, **params)` must return `loss` and `grad_<param>`.
+    """
+
+    runtime: Any
+    config: DeviceTrainConfig
+    name: str
+    train: Any
+    val: Any
+    param_names: tuple[str, ...]
+    checkpoint: Path | None
+    resume: bool
+    log: Log
+    pad: int
+    state: dict[str, Any]  # the running state of `fit` (params, optimizer, history...)
+    higher_is_better = True  # the validation metric: accuracy (higher) or loss (lower)
+    metric_name = "val_accuracy"
+
+    # -- hooks ------------------------------------------------------------------------------------------
+    def initial_params(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def initial_history(self, params: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """History entries of a fresh run before its first step (e.g. the starting validation loss)."""
+        return []
+
+    def validate(self, params: dict[str, np.ndarray]) -> dict[str, float]:
+        """Validation metrics of `params`; must hold `self.metric_name` (the early-stopping metric)."""
+        raise NotImplementedError
+
+    def build_task(self, params: dict[str, np.ndarray], info: dict[str, Any]) -> Task:
+        raise NotImplementedError
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        """What else a checkpoint must have been written for (compared on resume)."""
+        return {}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """Extra metadata stored in a checkpoint (not compared)."""
+        return {}
+
+    def task_info(self) -> dict[str, Any]:
+        """Extra fields of the trained task's info."""
+        return {}
+
+    def learning_rates(self) -> dict[str, float]:
+        return {k: self.config.lr for k in self.param_names}
 
     # -- schedule ---------------------------------------------------------------------------------------
     @property
@@ -434,30 +459,31 @@ class GradientTrainer:
         bs = self.config.batch_size
         return self._order(epoch)[slot * bs : (slot + 1) * bs]
 
+    def micro_batch(self, micro: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask, labels) of micro-batch number `micro` (epochs follow one another)."""
+        return self.train.batch(self._micro_indices(micro), self.pad)
+
     # -- one optimizer step -----------------------------------------------------------------------------
     def loss_and_grads(
         self, params: dict[str, np.ndarray], micro_start: int
     ) -> tuple[float, dict[str, np.ndarray], int]:
-        """Mean loss and gradients over `accumulation` micro-batches (weighted by their sizes)."""
+        """Mean loss and gradients over `accumulation` micro-batches, each weighted by what its loss averages
+        over (rows for a classifier, labelled tokens for a language model)."""
         grads = {k: np.zeros_like(v) for k, v in params.items()}
         total, loss_sum, used = 0, 0.0, 0
         for j in range(self.config.accumulation):
-            idx = self._micro_indices(micro_start + j)
-            ids, mask, y = self.train.batch(idx, self.pad)
-            out = self.runtime.train_step(
-                ids,
-                mask,
-                y,
-                params[contract.COEFFICIENTS],
-                params[contract.HEAD_WEIGHT],
-                params[contract.HEAD_BIAS],
-            )
-            n = len(idx)
-            loss_sum += float(out["loss"]) * n
-            for k in PARAMS:
+            ids, mask, y = self.micro_batch(micro_start + j)
+            used += 1
+            n = self.train.weight(y)
+            if n == 0:
+                continue
+            out = self.runtime.train_step(ids, mask, y, **params)
+            loss_sum += float(out[contract.LOSS]) * n
+            for k in self.param_names:
                 grads[k] += out[contract.GRAD_PREFIX + k] * n
             total += n
-            used += 1
+        if total == 0:
+            return float("nan"), grads, used
         for k in grads:
             grads[k] /= total
         return loss_sum / total, grads, used
@@ -470,7 +496,7 @@ class GradientTrainer:
             "val": self.val.digest(),
             "basis": self.runtime.basis_fingerprint,
             "size": self.runtime.layout.size,
-            "num_labels": self.num_labels,
+            **self.fingerprint_extra(),
             "batch_size": c.batch_size,
             "accumulation": c.accumulation,
             "seed": c.seed,
@@ -490,8 +516,8 @@ class GradientTrainer:
             adam_steps=state["opt"].step_count,
             lr_scale=state["opt"].scale,
             fingerprint=self._fingerprint(),
-            labels=self.label_names,
             config=asdict(self.config),
+            **self.checkpoint_extra(),
         )
         save_safetensors_atomic(
             self.checkpoint, tensors, {"format": CHECKPOINT_FORMAT, "state": json.dumps(meta)}
@@ -538,8 +564,10 @@ class GradientTrainer:
             opt = self._optimizer()
             opt.load_state_arrays(tensors, state["adam_steps"], state["lr_scale"])
             state["opt"] = opt
-            state["params"] = {k: tensors[f"params.{k}"].copy() for k in PARAMS}
-            state["best"] = {k: tensors[f"best.{k}"].copy() for k in PARAMS if f"best.{k}" in tensors}
+            state["params"] = {k: tensors[f"params.{k}"].copy() for k in self.param_names}
+            state["best"] = {
+                k: tensors[f"best.{k}"].copy() for k in self.param_names if f"best.{k}" in tensors
+            }
             for k in ("step", "micro", "best_metric", "best_step", "bad", "rollbacks", "history"):
                 state[k]  # noqa: B018  (present, or the checkpoint is incomplete)
         except (KeyError, TypeError, ValueError) as exc:
@@ -549,12 +577,10 @@ class GradientTrainer:
         return state
 
     def _optimizer(self) -> AdamW:
-        c = self.config
-        head_lr = c.head_lr or c.lr
-        return AdamW(
-            {contract.COEFFICIENTS: c.lr, contract.HEAD_WEIGHT: head_lr, contract.HEAD_BIAS: head_lr},
-            weight_decay=c.weight_decay,
-        )
+        return AdamW(self.learning_rates(), weight_decay=self.config.weight_decay)
+
+    def _better(self, metric: float, best: float) -> bool:
+        return metric > best + 1e-9 if self.higher_is_better else metric < best - 1e-9
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> TrainOutcome:
@@ -563,24 +589,23 @@ class GradientTrainer:
         state = self._load_checkpoint()
         resumed_from = None
         if state is None:
-            params = init_params(self.runtime, self.num_labels, c.seed, self.init_task)
-            if c.head_init == "probe" and self.init_task is None:
-                probe_head(self.runtime, params, self.train, self.num_labels)
+            params = self.initial_params()
             state = {
                 "params": params,
                 "best": {},
                 "opt": self._optimizer(),
                 "step": 0,
                 "micro": 0,
-                "best_metric": -math.inf,
+                "best_metric": -math.inf if self.higher_is_better else math.inf,
                 "best_step": 0,
                 "bad": 0,
                 "rollbacks": 0,
-                "history": [],
+                "history": self.initial_history(params),
             }
         else:
             resumed_from = int(state["step"])
             self.log(f"resuming task {self.name!r} from checkpoint {self.checkpoint} at step {resumed_from}")
+        self.state = state
         params, opt = state["params"], state["opt"]
         recent: list[float] = [h["train_loss"] for h in state["history"] if "train_loss" in h][-10:]
         stopped = False
@@ -604,11 +629,7 @@ class GradientTrainer:
             recent = (recent + [loss])[-10:]
             step = state["step"]
             if step % self.eval_every == 0 or step == self.total_steps:
-                metrics = (
-                    evaluate(self.runtime, params, self.val, c.eval_batch_size, self.eval_graph)
-                    if len(self.val)
-                    else None
-                )
+                metrics = self.validate(params) if len(self.val) else None
                 entry = {
                     "step": step,
                     "train_loss": float(np.mean(running)),
@@ -616,10 +637,11 @@ class GradientTrainer:
                 }
                 running = []
                 if metrics is not None:
-                    entry.update(val_accuracy=metrics["accuracy"], val_loss=metrics["loss"])
-                    if metrics["accuracy"] > state["best_metric"] + 1e-9:
+                    entry.update(metrics)
+                    metric = metrics[self.metric_name]
+                    if self._better(metric, state["best_metric"]):
                         state.update(
-                            best_metric=metrics["accuracy"],
+                            best_metric=metric,
                             best_step=step,
                             bad=0,
                             best={k: v.copy() for k, v in params.items()},
@@ -636,23 +658,15 @@ class GradientTrainer:
         info = {
             "source": "device",
             "trainer": "gradient",
-            "val_accuracy": state["best_metric"],
+            self.metric_name: state["best_metric"],
             "steps": state["step"],
             "best_step": state["best_step"],
             "rollbacks": state["rollbacks"],
             "train_config": asdict(c),
-            "pooling": "mean",
-            "max_length": self.runtime.max_length,
+            **self.task_info(),
         }
-        task = make_task(
-            self.runtime,
-            self.name,
-            params,
-            self.label_names or [str(i) for i in range(self.num_labels)],
-            info,
-        )
         return TrainOutcome(
-            task,
+            self.build_task(params, info),
             state["best_metric"],
             state["best_step"],
             state["step"],
@@ -688,6 +702,79 @@ class GradientTrainer:
         )
         state["history"].append({"step": state["step"], "event": "rollback", "message": message})
         self.log(message)
+
+
+class GradientTrainer(GradientLoop):
+    """Trains a classifier's coefficients + head with the bundle's train-step graph; see DeviceTrainConfig."""
+
+    def __init__(
+        self,
+        runtime: DeviceRuntime,
+        name: str,
+        train: tuple[Sequence[str], Sequence[int]],
+        label_names: Sequence[str],
+        *,
+        validation: tuple[Sequence[str], Sequence[int]] | None = None,
+        config: DeviceTrainConfig | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        resume: bool = True,
+        init_task: str | Task | None = None,
+        log: Log = stderr_log,
+        eval_graph: str = contract.SHARED,
+    ) -> None:
+        self.runtime = runtime
+        self.config = config or DeviceTrainConfig()
+        self.name = contract.check_task_name(name)
+        self.label_names = list(label_names)
+        self.log = log
+        self.param_names = contract.train_params(runtime.manifest.kind)
+        if not runtime.has_train_step:
+            raise EdgeEigenLoraError(
+                f"{runtime.root}: this bundle has no train-step graph; add one on the workstation "
+                "(edge_eigenlora.train_graph.add_train_step) or use the forward-only trainer (--method zo)."
+            )
+        self.init_task = runtime.task(init_task) if init_task is not None else None
+        self.num_labels = self.init_task.num_labels if self.init_task is not None else len(self.label_names)
+        texts, labels, validation = split_examples(
+            name, self.num_labels, train, validation, self.config.validation_fraction, self.config.seed
+        )
+        self.train = tokenize_examples(runtime, texts, labels, self.num_labels, "training labels")
+        val = validation or ([], [])
+        self.val = tokenize_examples(
+            runtime, list(val[0]), list(val[1]), self.num_labels, "validation labels"
+        )
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.resume = resume
+        self.eval_graph = eval_graph if eval_graph in runtime.variants() else contract.TRAIN_STEP
+        self.pad = runtime.tokenizer.pad_id
+
+    def initial_params(self) -> dict[str, np.ndarray]:
+        params = init_params(self.runtime, self.num_labels, self.config.seed, self.init_task)
+        if self.config.head_init == "probe" and self.init_task is None:
+            probe_head(self.runtime, params, self.train, self.num_labels)
+        return params
+
+    def validate(self, params: dict[str, np.ndarray]) -> dict[str, float]:
+        m = evaluate(self.runtime, params, self.val, self.config.eval_batch_size, self.eval_graph)
+        return {"val_accuracy": m["accuracy"], "val_loss": m["loss"]}
+
+    def learning_rates(self) -> dict[str, float]:
+        c = self.config
+        head_lr = c.head_lr or c.lr
+        return {contract.COEFFICIENTS: c.lr, contract.HEAD_WEIGHT: head_lr, contract.HEAD_BIAS: head_lr}
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        return {"num_labels": self.num_labels}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"labels": self.label_names}
+
+    def task_info(self) -> dict[str, Any]:
+        return {"pooling": "mean", "max_length": self.runtime.max_length}
+
+    def build_task(self, params: dict[str, np.ndarray], info: dict[str, Any]) -> Task:
+        names = self.label_names or [str(i) for i in range(self.num_labels)]
+        return make_task(self.runtime, self.name, params, names, info)
 
 
 def write_task(
