@@ -686,7 +686,7 @@ def smol(tmp_path_factory):
             rank=SMOL_RANK, kind="causal_lm", variants=("shared",), basis_quant="none", train_step=True
         ),
     )
-    return {"model": model, "basis": basis, "bundle": out}
+    return {"model": model, "tokenizer": tokenizer, "basis": basis, "bundle": out}
 
 
 def _adverbs():
@@ -741,6 +741,73 @@ def test_smollm2_40_device_steps_lower_the_held_out_loss(smol, tmp_path):
     )
     assert outcome.steps == 40
     assert after < before - 0.25, (before, after)
+
+
+SMOL_PROMPTS = [
+    'Define the verb "walk":',
+    "The capital of France is",
+    "Write a short poem about the sea.",
+    "List three colours:",
+    "Once upon a time",
+]
+
+
+@pytest.fixture(scope="module")
+def smol_task_bundle(smol, tmp_path_factory):
+    """The SmolLM2 bundle with a task trained on the workstation (6 steps on verb definitions: not a zero
+    delta), added without re-exporting; and the workstation model carrying the same task."""
+    from edge_eigenlora.lm_data import definition_examples
+    from edge_eigenlora.train import TrainConfig, train_causal_lm
+
+    attached = attach_basis(copy.deepcopy(smol["model"]), smol["basis"], rank=SMOL_RANK)
+    texts = [p + c for p, c in definition_examples("verb", 64)]
+    config = TrainConfig(epochs=1, batch_size=8, lr=2e-2, max_length=32, max_steps=6, progress=False)
+    train_causal_lm(attached, smol["tokenizer"], texts[8:], texts[:8], config)
+    root = shutil.copytree(smol["bundle"], tmp_path_factory.mktemp("smol_task") / "b")
+    bundle.add_task_object(root, task_from_model(attached, "verbs"))
+    return {"attached": attached.eval(), "bundle": root}
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_smollm2_greedy_generation_equals_transformers_token_for_token(smol, smol_task_bundle):
+    """48 greedy tokens from 5 prompts: the device's ids equal transformers' `generate` on the workstation
+    model with the same trained task, and every step's logits are within 1e-4 relative."""
+    rt = LMRuntime(smol_task_bundle["bundle"])
+    tokenizer, model = smol["tokenizer"], smol_task_bundle["attached"]
+    worst = 0.0
+    for prompt in SMOL_PROMPTS:
+        stats = {"record_logits": True}
+        (gen,) = rt.generate(prompt, task="verbs", max_new_tokens=48, eos=(), chat=False, stats=stats)
+        enc = tokenizer([prompt], return_tensors="pt")
+        assert enc.input_ids[0].tolist() == rt.encode_prompt(prompt, chat=False)
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                max_new_tokens=48,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=tokenizer.pad_token_id,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+        assert gen.token_ids == out.sequences[0, enc.input_ids.shape[1] :].tolist(), prompt
+        ref = torch.stack(out.logits)[:, 0].numpy()
+        mine = np.concatenate(stats["step_logits"])
+        worst = max(worst, float((np.abs(mine - ref).max(-1) / np.abs(ref).max(-1)).max()))
+    print(f"SmolLM2 generation: 5 x 48 tokens identical; worst step logits relative error {worst:.2e}")
+    assert worst < 1e-4, worst
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_smollm2_chat_template_gives_transformers_ids(smol):
+    rt = LMRuntime(smol["bundle"], verify=False)
+    prompt = "What is a verb?"
+    ids = smol["tokenizer"].apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    assert rt.encode_prompt(prompt) == list(ids)
 
 
 def test_generate_cli_defaults_equal_the_library_defaults():
