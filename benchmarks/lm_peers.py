@@ -514,6 +514,7 @@ def _child_ortgenai(spec: dict) -> dict:
         "prefill": prefill,
         "decode": decode,
         "tokens": tokens,
+        "end_rss_mib": _status_mib("VmRSS"),  # while the model is still held
     }
 
 
@@ -564,6 +565,7 @@ def _child_llamacpp(spec: dict) -> dict:
         "prefill": prefill,
         "decode": decode,
         "tokens": tokens,
+        "end_rss_mib": _status_mib("VmRSS"),  # while the model is still held
     }
 
 
@@ -571,7 +573,6 @@ def _child(spec: dict) -> None:
     run = _child_ortgenai if spec["peer"] == "ortgenai" else _child_llamacpp
     r = run(spec)
     r["peak_rss_mib"] = _status_mib("VmHWM")
-    r["end_rss_mib"] = _status_mib("VmRSS")
     print("RESULT " + json.dumps(r))
 
 
