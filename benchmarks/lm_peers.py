@@ -51,9 +51,10 @@ PEERS_CACHE = (
 ORT_GENAI_VERSION = "0.18.0"
 LLAMA_CPP_VERSION = "0.3.36"
 LLAMA_CPP_SRC = PEERS_CACHE / f"llama.cpp-{LLAMA_CPP_VERSION}"  # unpacked by scripts/setup_peers.sh
-# onnxruntime-genai 0.18's model builder imports classes that only transformers 5.x has; the project pins
-# 4.57.6, so scripts/setup_peers.sh makes this venv: transformers 5.23.0 (+ its huggingface_hub, tokenizers)
-# over the project's .venv (a .pth file), used only to run the builder.
+# onnxruntime-genai 0.18's model builder imports classes that only transformers 5.x has (the project pins
+# 4.57.6), and llama.cpp's converters want sentencepiece: scripts/setup_peers.sh makes this venv, transformers
+# 5.23.0 (+ its huggingface_hub, tokenizers) and sentencepiece over the project's .venv (a .pth file), used only
+# to run the builder and the converters.
 BUILDER_PYTHON = PEERS_CACHE / "builder-venv" / "bin" / "python"
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 PROMPT_TEXT = (
@@ -373,7 +374,7 @@ def build_gguf(
     "build_s"}."""
     model_dir = Path(model_dir) if model_dir else smollm2_folder()
     adapter_dir = Path(adapter_dir) if adapter_dir else make_peft_adapter(model_dir)
-    if not (LLAMA_CPP_SRC / "convert_lora_to_gguf.py").is_file():
+    if not (LLAMA_CPP_SRC / "conversion").is_dir() or not BUILDER_PYTHON.is_file():
         raise RuntimeError(f"{LLAMA_CPP_SRC} lacks llama.cpp's converters: run `make peers`.")
     root = PEERS_CACHE / f"gguf-{LLAMA_CPP_VERSION}-{outtype}"
     root.mkdir(parents=True, exist_ok=True)
@@ -394,7 +395,8 @@ def build_gguf(
             continue
         tmp = out[key].with_name(out[key].name + ".tmp")
         build_s[key] = _run(
-            [sys.executable, *cmd, "--outtype", outtype, "--outfile", str(tmp)], root / f"convert-{key}.log"
+            [str(BUILDER_PYTHON), *cmd, "--outtype", outtype, "--outfile", str(tmp)],
+            root / f"convert-{key}.log",
         )
         tmp.rename(out[key])
     out["build_s"] = build_s

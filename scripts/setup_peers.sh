@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the decoder-LM peers that benchmarks/lm.py (benchmarks/lm_peers.py) measures against (issue 12):
 #   onnxruntime-genai 0.18.0 into .venv (a wheel; it needs onnxruntime>=1.31, so the pinned 1.32.0 stays);
-#   its model builder's own venv, ~/.cache/edge-eigenlora/peers/builder-venv (transformers 5.23.0 over .venv);
+#   a venv for its model builder and llama.cpp's converters, ~/.cache/edge-eigenlora/peers/builder-venv
+#   (transformers 5.23.0 + sentencepiece over .venv);
 #   llama-cpp-python 0.3.36 into .venv, built from its sdist (CPU only, at most 2 compile jobs), and the
-#   sdist's vendored llama.cpp converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, gguf-py) unpacked
+#   sdist's vendored llama.cpp converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, conversion/, gguf-py) unpacked
 #   under ~/.cache/edge-eigenlora/peers/llama.cpp-0.3.36.
 # The built wheel is cached under ~/.cache/edge-eigenlora/wheels/llama-cpp-python-<version>-<cpu key>/ (keyed by
 # a hash of the CPU's flags, in case the build picks CPU-specific kernels): a second set-up installs it in
@@ -28,16 +29,17 @@ mkdir -p "$WHEELS" "$SRC"
   gguf==0.19.0 "typing-extensions>=4.5.0"
 
 # onnxruntime-genai 0.18's model builder (python -m onnxruntime_genai.models.builder) imports classes that only
-# transformers 5.x has, and the project pins 4.57.6. So the builder runs in its own venv: transformers 5.23.0 and
+# transformers 5.x has, and the project pins 4.57.6; llama.cpp's convert_hf_to_gguf.py imports sentencepiece
+# even for a tokenizer.json model. So the builder and the converters run in their own venv: transformers 5.23.0 and
 # the huggingface_hub / tokenizers it needs, over the project's .venv (a .pth file gives torch, peft, onnx,
 # onnxruntime-genai). Nothing else uses it; the project's .venv keeps transformers 4.57.6.
 BUILDER="$CACHE/peers/builder-venv"
 if [ ! -f "$BUILDER/.ready" ]; then
   rm -rf "$BUILDER"
-  "${PYTHON:-python3}" -m venv "$BUILDER"
+  "$PY" -m venv "$BUILDER"
   "$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
     >"$("$BUILDER/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz_project_venv.pth"
-  "$BUILDER/bin/pip" install -q transformers==5.23.0 huggingface_hub==2.4.0 tokenizers==0.23.3
+  "$BUILDER/bin/pip" install -q transformers==5.23.0 huggingface_hub==2.4.0 tokenizers==0.23.3 sentencepiece==0.2.1
   touch "$BUILDER/.ready"
 fi
 
@@ -59,11 +61,11 @@ fi
 "$PIP" install -q --no-deps "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl
 
 # The converters ship only in the sdist (vendor/llama.cpp); unpack them once.
-if [ ! -f "$CONVERTERS/convert_lora_to_gguf.py" ]; then
+if [ ! -f "$CONVERTERS/conversion/__init__.py" ]; then
   tmp=$(mktemp -d)
   tar xzf "$SDIST" -C "$tmp" "llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp/convert_hf_to_gguf.py" \
     "llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp/convert_lora_to_gguf.py" \
-    "llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp/gguf-py"
+    "llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp/gguf-py" "llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp/conversion"
   rm -rf "$CONVERTERS"
   mv "$tmp/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp" "$CONVERTERS"
   rm -rf "$tmp"
