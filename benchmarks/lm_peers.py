@@ -82,6 +82,7 @@ __all__ = [
     "peer_versions",
     "prepare_peers",
     "prompt_token_ids",
+    "report_markdown",
     "run_peers",
     "run_scenario",
     "smollm2_folder",
@@ -134,6 +135,7 @@ def summarize(results: list[dict]) -> list[dict]:
                     r["peak_rss_mib"] - r["import_rss_mib"] for r in rs
                 ),
                 "tokens": rs[0]["tokens"],
+                "loadavg_1min": statistics.median(r.get("loadavg_1min", float("nan")) for r in rs),
             }
         )
     base = {(r["peer"], r["precision"], r["threads"]): r for r in rows if r["variant"] == "base"}
@@ -159,6 +161,36 @@ def format_table(rows: list[dict]) -> str:
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
+
+
+def report_markdown(run: dict) -> str:
+    """The Markdown report of a run_peers() result (what docs quote): the command, versions, table, sizes."""
+    a, cfg = run["artifacts"], run["config"]
+    lines = [f"`{run.get('command', 'python -m benchmarks.lm_peers')}`", ""]
+    lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in a["versions"].items() if v) + ".")
+    lines.append(
+        f"Prompt {cfg['prompt_tokens']} tokens, {cfg['decode_tokens']} generated tokens (greedy), "
+        f"{cfg['repeats']} repeats after a warm-up in each child, {cfg['rounds']} interleaved rounds; "
+        "medians over rounds. spread = max/min of the per-round decode medians. x base: against the same "
+        "peer, precision and threads. Machine load (1-min load average at each child's start, median): "
+        + ", ".join(sorted({f"{r['loadavg_1min']:.1f}" for r in run["summary"]}))
+        + "."
+    )
+    lines += ["", format_table(run["summary"])]
+    for r in run["summary"]:
+        if r["variant"] != "base" and "same_tokens_as_base" in r:
+            same = "the same" if r["same_tokens_as_base"] else "different"
+            lines.append(f"- {r['peer']} {r['precision']} t{r['threads']}: LoRA gives {same} tokens as base.")
+    tok = {}
+    for r in run["summary"]:
+        tok.setdefault(r["variant"], set()).add(tuple(r["tokens"]))
+    for variant, seqs in sorted(tok.items()):
+        agree = "agree" if len(seqs) == 1 else f"differ ({len(seqs)} distinct sequences)"
+        lines.append(f"- {variant}: the greedy tokens of every peer, precision and thread count {agree}.")
+    lines += ["", "Bytes: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in a["bytes"].items()) + "."]
+    for key, err in a["errors"].items():
+        lines.append(f"- {key}: not measured: {err}")
+    return "\n".join(lines) + "\n"
 
 
 def peer_scenarios(
@@ -330,7 +362,10 @@ def build_ortgenai(
     precision: str = "fp32",
 ) -> dict:
     """onnxruntime-genai models from the local folder, cached: {"base": folder, "lora": folder, "adapter":
-    .onnx_adapter, "lora_tensors": n, "build_s": {...}} (build_s only for steps run by this call)."""
+    .onnx_adapter, "lora_tensors": n, "build_s": {...}} (build_s only for steps run by this call).
+
+    precision "fp32" or "int4"/"int8" (the builder's offline weight-only MatMulNBits quantization, RTN; the
+    LoRA MatMuls are excluded from it, so their A/B stay fp32 adapter inputs)."""
     model_dir = Path(model_dir) if model_dir else smollm2_folder()
     adapter_dir = Path(adapter_dir) if adapter_dir else make_peft_adapter(model_dir)
     root = PEERS_CACHE / f"ortgenai-{ORT_GENAI_VERSION}-{precision}-{adapter_dir.name}"
@@ -343,7 +378,17 @@ def build_ortgenai(
         )
     builder = [str(BUILDER_PYTHON), "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir)]
     builder += ["-p", precision, "-e", "cpu", "-c", str(root / "hf-cache")]
-    for key, extra in (("base", []), ("lora", ["--extra_options", f"adapter_path={adapter_dir}"])):
+    lora_extra = [f"adapter_path={adapter_dir}"]
+    if precision in ("int4", "int8"):  # keep the LoRA MatMuls float: their weights become adapter inputs
+        layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+        names = [
+            f"/model/layers.{i}/attn/{m}/lora_{ab}/MatMul"
+            for i in range(layers)
+            for m in TARGET_MODULES
+            for ab in "AB"
+        ]
+        lora_extra.append("nodes_to_exclude=" + ",".join(names))
+    for key, extra in (("base", []), ("lora", ["--extra_options", *lora_extra])):
         done = out[key] / ".complete"
         if done.is_file():
             continue
@@ -413,51 +458,44 @@ def prepare_peers(
     model_dir: str | os.PathLike[str] | None = None,
     *,
     peers: tuple[str, ...] = ("ortgenai", "llamacpp"),
-    precision: str = "fp32",
-    gguf_outtype: str = "f32",
+    precisions: tuple[str, ...] = ("fp32",),
+    gguf_outtypes: tuple[str, ...] = ("f32",),
     prompt_tokens: int = 128,
 ) -> dict:
     """Build (or find cached) everything the peers need. Returns {"peers": {peer: {precision: paths}},
-    "prompt": ids, "bytes": {...}, "versions": {...}, "errors": {peer: message}} (a peer that cannot be
-    built or imported is left out, with the reason in errors)."""
+    "prompt": ids, "bytes": {...}, "build_s": {...}, "versions": {...}, "errors": {"peer/precision": message}}
+    (what cannot be built or imported is left out, with the reason in errors)."""
+    import importlib.util
+
     model_dir = Path(model_dir) if model_dir else smollm2_folder()
     adapter = make_peft_adapter(model_dir)
-    out: dict = {
-        "peers": {},
-        "errors": {},
-        "bytes": {"peft_adapter": _bytes(adapter / "adapter_model.safetensors")},
-    }
+    out: dict = {"peers": {}, "errors": {}, "build_s": {}}
+    out["bytes"] = {"peft_adapter": _bytes(adapter / "adapter_model.safetensors")}
     out["prompt"] = prompt_token_ids(model_dir / "tokenizer.json", prompt_tokens)
     out["adapter"] = str(adapter)
-    if "ortgenai" in peers:
+    for precision in precisions if "ortgenai" in peers else ():
         try:
             b = build_ortgenai(model_dir, adapter, precision=precision)
-            out["peers"]["ortgenai"] = {
-                precision: {k: str(v) for k, v in b.items() if k in ("base", "lora", "adapter")}
-            }
-            out["bytes"]["ortgenai_model"] = _bytes(Path(b["base"]) / "model.onnx") + _bytes(
-                Path(b["base"]) / "model.onnx.data"
-            )
-            out["bytes"]["ortgenai_adapter"] = _bytes(Path(b["adapter"]))
-            out["ortgenai_build_s"] = b["build_s"]
+            paths = {k: str(v) for k, v in b.items() if k in ("base", "lora", "adapter")}
+            out["peers"].setdefault("ortgenai", {})[precision] = paths
+            base = Path(b["base"])
+            out["bytes"][f"ortgenai_{precision}_model"] = sum(_bytes(p) for p in base.glob("model.onnx*"))
+            out["bytes"][f"ortgenai_{precision}_adapter"] = _bytes(Path(b["adapter"]))
+            out["build_s"][f"ortgenai_{precision}"] = b["build_s"]
         except Exception as e:  # noqa: BLE001 - a peer that does not build is reported, not fatal
-            out["errors"]["ortgenai"] = f"{type(e).__name__}: {e}"
-    if "llamacpp" in peers:
+            out["errors"][f"ortgenai/{precision}"] = f"{type(e).__name__}: {e}"
+    for outtype in gguf_outtypes if "llamacpp" in peers else ():
         try:
-            import importlib.util
-
             if importlib.util.find_spec("llama_cpp") is None:
                 raise RuntimeError("llama-cpp-python is not installed (make peers builds it)")
-            g = build_gguf(model_dir, adapter, outtype=gguf_outtype)
-            out["peers"]["llamacpp"] = {
-                gguf_outtype: {k: str(v) for k, v in g.items() if k in ("model", "lora")}
-            }
-            out["peers"]["llamacpp"][gguf_outtype]["adapter"] = str(g["lora"])
-            out["bytes"]["gguf_model"] = _bytes(Path(g["model"]))
-            out["bytes"]["gguf_lora"] = _bytes(Path(g["lora"]))
-            out["gguf_build_s"] = g["build_s"]
+            g = build_gguf(model_dir, adapter, outtype=outtype)
+            paths = {"model": str(g["model"]), "lora": str(g["lora"]), "adapter": str(g["lora"])}
+            out["peers"].setdefault("llamacpp", {})[outtype] = paths
+            out["bytes"][f"gguf_{outtype}_model"] = _bytes(Path(g["model"]))
+            out["bytes"][f"gguf_{outtype}_lora"] = _bytes(Path(g["lora"]))
+            out["build_s"][f"gguf_{outtype}"] = g["build_s"]
         except Exception as e:  # noqa: BLE001
-            out["errors"]["llamacpp"] = f"{type(e).__name__}: {e}"
+            out["errors"][f"llamacpp/{outtype}"] = f"{type(e).__name__}: {e}"
     out["versions"] = peer_versions()
     return out
 
@@ -584,6 +622,7 @@ def run_scenario(spec: dict, *, timeout: float = 900) -> dict:
     VmHWM after imports and at the end), end_rss_mib, tokens (the greedy tokens), or "error"."""
     labels = {k: spec[k] for k in ("peer", "precision", "variant", "threads")}
     cmd = [sys.executable, "-m", "benchmarks.lm_peers", "--child", json.dumps(spec)]
+    labels["loadavg_1min"] = os.getloadavg()[0]  # the machine's load as the child starts (shared machines)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -612,11 +651,13 @@ def run_peers(
     threads: tuple[int, ...] = (1, 2),
     decode_tokens: int = 64,
     repeats: int = 3,
+    precisions: tuple[str, ...] = ("fp32",),
     artifacts: dict | None = None,
 ) -> dict:
-    """Build what is missing, then run every peer scenario `rounds` times, interleaved (a new random order
-    each round). Returns {"artifacts", "results" (one dict per child), "summary" (summarize()), "config"}."""
-    artifacts = artifacts or prepare_peers()
+    """Build what is missing (onnxruntime-genai at each of `precisions`, llama.cpp at f32), then run every
+    peer scenario `rounds` times, interleaved (a new random order each round). Returns {"artifacts",
+    "results" (one dict per child), "summary" (summarize()), "config"}."""
+    artifacts = artifacts or prepare_peers(precisions=precisions)
     specs = peer_scenarios(artifacts, threads=threads, decode_tokens=decode_tokens, repeats=repeats)
     rng = random.Random(seed)
     results = []
@@ -649,6 +690,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--decode", type=int, default=64)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--precisions", nargs="+", default=["fp32"], help="onnxruntime-genai builds: fp32 int4 int8"
+    )
     p.add_argument("--out", type=Path, default=OUT / "peers.json")
     args = p.parse_args(argv)
     if args.child:
@@ -661,6 +705,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=tuple(args.threads),
         decode_tokens=args.decode,
         repeats=args.repeats,
+        precisions=tuple(args.precisions),
     )
     run["wall_s"] = time.perf_counter() - t
     run["command"] = "python -m benchmarks.lm_peers " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -670,9 +715,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(run, indent=1) + "\n")
-    print(format_table(run["summary"]))
-    for peer, err in run["artifacts"]["errors"].items():
-        print(f"{peer}: not measured: {err}")
+    report = report_markdown(run)
+    args.out.with_suffix(".md").write_text(report)
+    print(report)
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
 
 

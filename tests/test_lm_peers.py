@@ -75,6 +75,31 @@ def test_summarize_takes_medians_over_rounds_and_ratios_against_the_same_peer_an
     )
 
 
+def test_report_quotes_the_command_the_table_token_agreement_and_errors():
+    results = [_result("ortgenai", "base", 1, 10.0), _result("ortgenai", "lora", 1, 11.0, tokens=(1, 3))]
+    results += [{**_result("llamacpp", "base", 1, 9.0), "precision": "f32", "loadavg_1min": 2.0}]
+    run = {
+        "command": "python -m benchmarks.lm_peers --rounds 1",
+        "config": {"prompt_tokens": 128, "decode_tokens": 64, "repeats": 3, "rounds": 1},
+        "summary": lm_peers.summarize(results),
+        "artifacts": {
+            "versions": {"onnxruntime-genai": "0.18.0", "torch": None},
+            "bytes": {"peft_adapter": 2**20},
+            "errors": {"ortgenai/int4": "RuntimeError: no"},
+        },
+    }
+    report = lm_peers.report_markdown(run)
+    assert (
+        report.startswith("`python -m benchmarks.lm_peers --rounds 1`")
+        and "onnxruntime-genai 0.18.0" in report
+    )
+    assert "torch" not in report.split("\n")[2]
+    assert "ortgenai fp32 t1: LoRA gives different tokens as base" in report
+    assert "- base: the greedy tokens of every peer, precision and thread count agree." in report
+    assert "- lora: the greedy tokens" in report and "peft_adapter 1.0 MiB" in report
+    assert "- ortgenai/int4: not measured: RuntimeError: no" in report
+
+
 def test_scenarios_give_each_peer_its_own_base_and_lora_files():
     artifacts = {
         "prompt": list(range(200)),
@@ -158,3 +183,40 @@ def test_ortgenai_peer_with_its_adapter_generates_what_transformers_and_peft_gen
     delta_hf, delta_og = lora_logits - base_logits, og_lora_logits - og_base_logits
     assert np.abs(delta_hf).max() > 1e-2
     assert np.linalg.norm(delta_og - delta_hf) < 0.05 * np.linalg.norm(delta_hf)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="make peers not run")
+def test_llamacpp_peer_with_its_gguf_lora_generates_what_transformers_and_peft_generate():
+    import torch
+    from llama_cpp import Llama, llama_get_logits_ith
+    from peft import PeftModel
+
+    from edge_eigenlora.pretrained import SMOLLM2, load_causal_lm
+
+    built = lm_peers.build_gguf()
+    model_hf, tokenizer = load_causal_lm(SMOLLM2)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Name three colours of the rainbow."}], add_generation_prompt=True
+    )
+    ids = torch.tensor([prompt])
+    peft_model = PeftModel.from_pretrained(model_hf, lm_peers.make_peft_adapter()).eval()
+    with torch.no_grad():
+        out = peft_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+        hf_logits = peft_model(ids).logits[0, -1].numpy()
+    hf_tokens = out[0, len(prompt) :].tolist()
+
+    llm = Llama(
+        model_path=str(built["model"]), lora_path=str(built["lora"]), n_ctx=256, n_threads=2, verbose=False
+    )
+    vocab = llm.n_vocab()
+    llm.eval(prompt)
+    logits = np.ctypeslib.as_array(llama_get_logits_ith(llm.ctx, -1), shape=(vocab,)).copy()
+    tokens = [int(np.argmax(logits))]
+    while len(tokens) < 8:
+        llm.eval([tokens[-1]])
+        tokens.append(
+            int(np.argmax(np.ctypeslib.as_array(llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))))
+        )
+    assert tokens == hf_tokens
+    assert np.abs(logits - hf_logits).max() < 1e-2 * np.abs(hf_logits).max()
