@@ -166,7 +166,7 @@ def format_table(rows: list[dict]) -> str:
 def report_markdown(run: dict) -> str:
     """The Markdown report of a run_peers() result (what docs quote): the command, versions, table, sizes."""
     a, cfg = run["artifacts"], run["config"]
-    loads = [r["loadavg_1min"] for r in run["summary"]] or [float("nan")]
+    loads = [x for r in run["summary"] if (x := r.get("loadavg_1min", float("nan"))) == x]
     lines = [f"`{run.get('command', 'python -m benchmarks.lm_peers')}`", ""]
     lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in a["versions"].items() if v) + ".")
     lines.append(
@@ -174,7 +174,8 @@ def report_markdown(run: dict) -> str:
         f"{cfg['repeats']} repeats after a warm-up in each child, {cfg['rounds']} interleaved rounds; "
         "medians over rounds. spread = max/min of the per-round decode medians. x base: against the same "
         "peer, precision and threads. Machine load (1-min load average as each child started, medians per "
-        f"row): {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} CPUs."
+        + (f"row): {min(loads):.1f} to {max(loads):.1f}" if loads else "row): not recorded")
+        + f" on {run.get('machine', {}).get('cpus', os.cpu_count())} CPUs."
     )
     lines += ["", format_table(run["summary"])]
     for r in run["summary"]:
