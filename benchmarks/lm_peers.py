@@ -183,11 +183,14 @@ def report_markdown(run: dict) -> str:
             same = "the same" if r["same_tokens_as_base"] else "different"
             lines.append(f"- {r['peer']} {r['precision']} t{r['threads']}: LoRA gives {same} tokens as base.")
     tok = {}
-    for r in run["summary"]:
-        tok.setdefault(r["variant"], set()).add(tuple(r["tokens"]))
-    for variant, seqs in sorted(tok.items()):
+    for r in run["summary"]:  # llama.cpp's f32 and onnxruntime-genai's fp32 are the same weights
+        precision = "fp32" if r["precision"] in ("f32", "fp32") else r["precision"]
+        tok.setdefault((r["variant"], precision), {}).setdefault(r["peer"], set()).add(tuple(r["tokens"]))
+    for (variant, precision), by_peer in sorted(tok.items()):
+        seqs = set().union(*by_peer.values())
         agree = "agree" if len(seqs) == 1 else f"differ ({len(seqs)} distinct sequences)"
-        lines.append(f"- {variant}: the greedy tokens of every peer, precision and thread count {agree}.")
+        who = " and ".join(sorted(by_peer))
+        lines.append(f"- {variant}, {precision}: the greedy tokens of {who}, every thread count, {agree}.")
     lines += ["", "Bytes: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in a["bytes"].items()) + "."]
     for key, err in a["errors"].items():
         lines.append(f"- {key}: not measured: {err}")

@@ -95,8 +95,8 @@ def test_report_quotes_the_command_the_table_token_agreement_and_errors():
     )
     assert "torch" not in report.split("\n")[2]
     assert "ortgenai fp32 t1: LoRA gives different tokens as base" in report
-    assert "- base: the greedy tokens of every peer, precision and thread count agree." in report
-    assert "- lora: the greedy tokens" in report and "peft_adapter 1.0 MiB" in report
+    assert "- base, fp32: the greedy tokens of llamacpp and ortgenai, every thread count, agree." in report
+    assert "- lora, fp32: the greedy tokens of ortgenai" in report and "peft_adapter 1.0 MiB" in report
     assert "- ortgenai/int4: not measured: RuntimeError: no" in report
 
 
