@@ -130,7 +130,10 @@ def test_module_declares_its_public_functions():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime_genai") is None, reason="make peers not run")
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime_genai") is None or not lm_peers.BUILDER_PYTHON.is_file(),
+    reason="make peers not run",
+)
 def test_ortgenai_peer_with_its_adapter_generates_what_transformers_and_peft_generate():
     import onnxruntime_genai as og
     import torch
@@ -186,7 +189,10 @@ def test_ortgenai_peer_with_its_adapter_generates_what_transformers_and_peft_gen
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="make peers not run")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None or not (lm_peers.LLAMA_CPP_SRC / "conversion").is_dir(),
+    reason="make peers not run",
+)
 def test_llamacpp_peer_with_its_gguf_lora_generates_what_transformers_and_peft_generate():
     import torch
     from llama_cpp import Llama, llama_get_logits_ith
