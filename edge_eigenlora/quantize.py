@@ -185,48 +185,9 @@ def untie_transposed_weights(model: Any) -> Any:
     return model
 
 
-def quantize_embeddings_int8(model: Any) -> Any:
-    """Each token-embedding table -> int8 rows + one scale per row: Gather(int8) -> Cast -> Mul(Gather(scale))."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    targets = set(embedding_gathers(model))
-    nodes = []
-    for k, node in enumerate(model.graph.node):
-        if k not in targets:
-            nodes.append(node)
-            continue
-        name, ids, out = node.input[0], node.input[1], node.output[0]
-        q, scale = int8_per_channel(numpy_helper.to_array(inits[name]), axis=0)
-        model.graph.initializer.remove(inits[name])
-        model.graph.initializer.extend(
-            [
-                numpy_helper.from_array(q, name + "_q"),
-                numpy_helper.from_array(scale, name + "_row_scale"),
-                numpy_helper.from_array(np.array([-1], np.int64), name + "_last_axis"),
-            ]
-        )
-        nodes += [
-            helper.make_node("Gather", [name + "_q", ids], [out + "_q"], name=out + "_GatherInt8", axis=0),
-            helper.make_node("Cast", [out + "_q"], [out + "_f"], name=out + "_Cast", to=TensorProto.FLOAT),
-            helper.make_node(
-                "Gather", [name + "_row_scale", ids], [out + "_s"], name=out + "_GatherScale", axis=0
-            ),
-            helper.make_node(
-                "Unsqueeze", [out + "_s", name + "_last_axis"], [out + "_s1"], name=out + "_Unsq"
-            ),
-            helper.make_node("Mul", [out + "_f", out + "_s1"], [out], name=out + "_Dequantize"),
-        ]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
-
-
-def quantize_embeddings_int4(model: Any, block_size: int = 32) -> Any:
-    """Each token-embedding table -> com.microsoft.GatherBlockQuantized: 4-bit values packed two per uint8 (low
-    nibble first, stored +8: MatMulNBits' convention), one scale per block of the hidden axis. uint8 storage,
-    not the int4 type, so that ORT-format (.ort) files load it."""
-    from onnx import helper, numpy_helper
+def _replace_embedding_gathers(model: Any, replace: Any) -> Any:
+    """Swap each embedding Gather for `replace(table, ids, output)` -> (new initializers, new nodes)."""
+    from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
     targets = set(embedding_gathers(model))
@@ -236,39 +197,76 @@ def quantize_embeddings_int4(model: Any, block_size: int = 32) -> Any:
             nodes.append(node)
             continue
         name = node.input[0]
-        w = numpy_helper.to_array(inits[name]).astype(np.float32)
+        tensors, new_nodes = replace(
+            numpy_helper.to_array(inits[name]).astype(np.float32), node.input[1], node.output[0]
+        )
+        model.graph.initializer.remove(inits[name])
+        model.graph.initializer.extend(
+            numpy_helper.from_array(v, f"{name}{suffix}") for suffix, v in tensors.items()
+        )
+        nodes += [n(name) for n in new_nodes]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def quantize_embeddings_int8(model: Any) -> Any:
+    """Each token-embedding table -> int8 rows + one scale per row: Gather(int8) -> Cast -> Mul(Gather(scale))."""
+    from onnx import TensorProto, helper
+
+    def replace(w: np.ndarray, ids: str, out: str) -> tuple[dict[str, np.ndarray], list[Any]]:
+        q, scale = int8_per_channel(w, axis=0)
+        tensors = {"_q": q, "_row_scale": scale, "_last_axis": np.array([-1], np.int64)}
+        return tensors, [
+            lambda t: helper.make_node(
+                "Gather", [t + "_q", ids], [out + "_q"], name=out + "_GatherInt8", axis=0
+            ),
+            lambda t: helper.make_node(
+                "Cast", [out + "_q"], [out + "_f"], name=out + "_Cast", to=TensorProto.FLOAT
+            ),
+            lambda t: helper.make_node(
+                "Gather", [t + "_row_scale", ids], [out + "_s"], name=out + "_GatherScale", axis=0
+            ),
+            lambda t: helper.make_node(
+                "Unsqueeze", [out + "_s", t + "_last_axis"], [out + "_s1"], name=out + "_Unsq"
+            ),
+            lambda t: helper.make_node("Mul", [out + "_f", out + "_s1"], [out], name=out + "_Dequantize"),
+        ]
+
+    return _replace_embedding_gathers(model, replace)
+
+
+def quantize_embeddings_int4(model: Any, block_size: int = 32) -> Any:
+    """Each token-embedding table -> com.microsoft.GatherBlockQuantized: 4-bit values packed two per uint8 (low
+    nibble first, stored +8: MatMulNBits' convention), one scale per block of the hidden axis. uint8 storage,
+    not the int4 type, so that ORT-format (.ort) files load it."""
+    from onnx import helper
+
+    def replace(w: np.ndarray, ids: str, out: str) -> tuple[dict[str, np.ndarray], list[Any]]:
         block = block_size
         while w.shape[1] % block:
             block //= 2
         if block < 2:
-            raise EdgeEigenLoraError(f"embedding {name}: hidden size {w.shape[1]} has no even block size.")
+            raise EdgeEigenLoraError(f"embedding of {out}: hidden size {w.shape[1]} has no even block size.")
         blocks = w.reshape(w.shape[0], -1, block)
         scale = np.abs(blocks).max(-1) / 7.0
         scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
         q = np.clip(np.round(blocks / scale[..., None]), -8, 7).astype(np.int16).reshape(w.shape) + 8
         packed = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
-        model.graph.initializer.remove(inits[name])
-        model.graph.initializer.extend(
-            [
-                numpy_helper.from_array(packed, name + "_q4"),
-                numpy_helper.from_array(scale, name + "_q4_scale"),
-            ]
+        node = lambda t: helper.make_node(  # noqa: E731
+            "GatherBlockQuantized",
+            [t + "_q4", ids, t + "_q4_scale"],
+            [out],
+            name=out + "_GatherBlockQuantized",
+            domain="com.microsoft",
+            gather_axis=0,
+            quantize_axis=1,
+            block_size=block,
+            bits=4,
         )
-        nodes.append(
-            helper.make_node(
-                "GatherBlockQuantized",
-                [name + "_q4", node.input[1], name + "_q4_scale"],
-                list(node.output),
-                name=node.output[0] + "_GatherBlockQuantized",
-                domain="com.microsoft",
-                gather_axis=0,
-                quantize_axis=1,
-                block_size=block,
-                bits=4,
-            )
-        )
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+        return {"_q4": packed, "_q4_scale": scale}, [node]
+
+    model = _replace_embedding_gathers(model, replace)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model

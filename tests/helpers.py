@@ -8,7 +8,13 @@ import numpy as np
 
 from edge_eigenlora.synthetic import planted_bank, write_peft_adapter
 
-__all__ = ["planted_bank", "tiny_llama_bank_dirs", "write_peft_adapter"]
+__all__ = [
+    "planted_bank",
+    "random_adapter_dirs",
+    "tiny_llama_bank_dirs",
+    "tiny_llama_model",
+    "write_peft_adapter",
+]
 
 
 def tiny_llama_bank_dirs(root: Path, n: int = 3) -> list[Path]:
@@ -75,3 +81,48 @@ def tiny_bert_bank_dirs(root: Path, seed: int = 0) -> list[Path]:
         mods = {m: (rng.standard_normal((4, 32)), rng.standard_normal((32, 4))) for m in TINY_MODULES}
         dirs.append(write_peft_adapter(Path(root) / f"a{i}", mods, r=4, alpha=4, base_model="tiny-bert"))
     return dirs
+
+
+def tiny_llama_model(vocab_size: int):
+    """A seeded 2-layer Llama (hidden 64, 4 heads, 2 KV heads, 128 positions, eager attention)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        attn_implementation="eager",
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def random_adapter_dirs(
+    model, root: Path, suffixes: tuple[str, ...], n: int = 3, base_model: str = ""
+) -> list[Path]:
+    """n seeded synthetic PEFT adapters (r=4, alpha 8, entries N(0, 0.02)) on the model's Linears ending in
+    `suffixes`: a basis for a real model where the test is about the graph, not the bank."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    shapes = {
+        m: (lin.out_features, lin.in_features) for m, lin in model.named_modules() if m.endswith(suffixes)
+    }
+    return [
+        write_peft_adapter(
+            root / f"a{i}",
+            {
+                m: (rng.standard_normal((4, d_in)) * 0.02, rng.standard_normal((d_out, 4)) * 0.02)
+                for m, (d_out, d_in) in shapes.items()
+            },
+            r=4,
+            alpha=8,
+            base_model=base_model,
+        )
+        for i in range(n)
+    ]

@@ -19,7 +19,7 @@ from edge_eigenlora.export import ExportConfig, derive_bundle, export_bundle
 from edge_eigenlora.model import attach_basis, eigenlora_layers, task_from_model
 from edge_eigenlora.onnx_tools import op_counts, per_token_matmul_widths
 from edge_eigenlora.task import save_task
-from tests.helpers import tiny_llama_bank_dirs
+from tests.helpers import tiny_llama_bank_dirs, tiny_llama_model
 
 RANK, K = 4, 6  # hidden 64, kv 32, heads of 16, 8 rotary frequencies: K=6 appears only as the basis width
 TEXTS = ["A fortune a day keeps", "Keep the faith", "Nothing"]
@@ -27,21 +27,8 @@ TEXTS = ["A fortune a day keeps", "Keep the faith", "Nothing"]
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory, minilm):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     _, tokenizer = minilm  # a real WordPiece vocabulary
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        attn_implementation="eager",
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama_model(tokenizer.vocab_size)
     root = tmp_path_factory.mktemp("llama_export")
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")

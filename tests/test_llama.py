@@ -13,26 +13,13 @@ from edge_eigenlora.basis import SubspaceConfig, fit_basis
 from edge_eigenlora.compress import task_to_peft
 from edge_eigenlora.model import attach_basis, eigenlora_layers, task_from_model
 from edge_eigenlora.train import TrainConfig, evaluate_causal_lm, train_causal_lm
-from tests.helpers import tiny_llama_bank_dirs
+from tests.helpers import tiny_llama_bank_dirs, tiny_llama_model
 
 
 @pytest.fixture(scope="module")
 def tiny_llama(minilm):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     _, tokenizer = minilm  # a real WordPiece vocabulary for the real text
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        attn_implementation="eager",
-    )
-    return LlamaForCausalLM(config).eval(), tokenizer
+    return tiny_llama_model(tokenizer.vocab_size), tokenizer
 
 
 @pytest.fixture(scope="module")

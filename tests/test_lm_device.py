@@ -39,7 +39,7 @@ from edge_eigenlora.runtime.session import RuntimeOptions
 from edge_eigenlora.runtime.tokenize import TruncationWarning
 from edge_eigenlora.runtime.trainer import DeviceTrainConfig
 from edge_eigenlora.task import load_task, save_task
-from tests.helpers import tiny_llama_bank_dirs, write_peft_adapter
+from tests.helpers import random_adapter_dirs, tiny_llama_bank_dirs, tiny_llama_model
 from tests.test_runtime import BLOCK_TORCH, tiny  # noqa: F401  (a classification bundle for the refusals)
 
 RANK, K = 4, 6
@@ -56,22 +56,9 @@ PAIRS = [
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory, minilm):
     """A tiny Llama bundle with shared, per_row and train-step graphs, a chat template and tasks lm0, lm1."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = copy.deepcopy(minilm[1])
     tokenizer.chat_template = CHAT
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        attn_implementation="eager",
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama_model(tokenizer.vocab_size)
     root = tmp_path_factory.mktemp("lm_device")
     basis = fit_basis(load_bank(tiny_llama_bank_dirs(root)), SubspaceConfig(k=K), progress=False)
     basis_path = save_basis(basis, root / "basis.safetensors")
@@ -661,19 +648,7 @@ def smol(tmp_path_factory):
 
     model, tokenizer = load_causal_lm()
     root = tmp_path_factory.mktemp("smol_device")
-    rng = np.random.default_rng(0)
-    shapes = {
-        n: (m.out_features, m.in_features)
-        for n, m in model.named_modules()
-        if n.endswith(("q_proj", "v_proj"))
-    }
-    dirs = []
-    for i in range(3):
-        mods = {
-            n: (rng.standard_normal((4, d_in)) * 0.02, rng.standard_normal((d_out, 4)) * 0.02)
-            for n, (d_out, d_in) in shapes.items()
-        }
-        dirs.append(write_peft_adapter(root / f"a{i}", mods, r=4, alpha=8, base_model=SMOLLM2))
+    dirs = random_adapter_dirs(model, root, ("q_proj", "v_proj"), base_model=SMOLLM2)
     basis = fit_basis(load_bank(dirs), SubspaceConfig(k=8), progress=False)
     basis_path = save_basis(basis, root / "basis.safetensors")
     out = export_bundle(

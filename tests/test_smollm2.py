@@ -5,7 +5,6 @@ The first run de-quantizes the packaged GGUF (~30 s on 2 cores) and caches it; l
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,7 +13,7 @@ from edge_eigenlora.basis import SubspaceConfig, fit_basis
 from edge_eigenlora.compress import task_to_peft
 from edge_eigenlora.model import attach_basis, eigenlora_layers, task_from_model
 from edge_eigenlora.train import TrainConfig, evaluate_causal_lm, train_causal_lm
-from tests.helpers import write_peft_adapter
+from tests.helpers import random_adapter_dirs
 
 pytestmark = pytest.mark.real_model
 
@@ -29,24 +28,10 @@ def smollm2():
 @pytest.fixture(scope="module")
 def basis(tmp_path_factory, smollm2):
     model, _ = smollm2
-    rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("smol_bank")
-    shapes = {
-        n: (m.out_features, m.in_features)
-        for n, m in model.named_modules()
-        if n.endswith(("q_proj", "v_proj"))
-    }
-    dirs = []
-    for i in range(3):
-        mods = {
-            n: (rng.standard_normal((4, d_in)) * 0.02, rng.standard_normal((d_out, 4)) * 0.02)
-            for n, (d_out, d_in) in shapes.items()
-        }
-        dirs.append(
-            write_peft_adapter(
-                root / f"a{i}", mods, r=4, alpha=8, base_model="HuggingFaceTB/SmolLM2-135M-Instruct"
-            )
-        )
+    dirs = random_adapter_dirs(
+        model, root, ("q_proj", "v_proj"), base_model="HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
     return fit_basis(load_bank(dirs), SubspaceConfig(k=8), progress=False)
 
 

@@ -158,6 +158,11 @@ class LMRuntime(BundleRuntime):
         return contract.SHARED, loaded_task.feeds(), [loaded_task.name] * n
 
     # -- one graph call --------------------------------------------------------------------------------
+    def _empty_cache(self, batch: int) -> np.ndarray:
+        """A past of length 0: what prefill feeds for every layer's key and value."""
+        d = self.decoder
+        return np.zeros((batch, d.num_kv_heads, 0, d.head_dim), np.float32)
+
     def _run_step(
         self, session: Any, feeds: dict[str, np.ndarray], past: list[Any] | None, batch: int
     ) -> tuple[np.ndarray, list[Any]]:
@@ -170,7 +175,7 @@ class LMRuntime(BundleRuntime):
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         names_in = contract.cache_input_names(d.num_layers)
         if past is None:
-            empty = np.zeros((batch, d.num_kv_heads, 0, d.head_dim), np.float32)
+            empty = self._empty_cache(batch)
             for name in names_in:
                 binding.bind_cpu_input(name, empty)
         else:
@@ -190,7 +195,7 @@ class LMRuntime(BundleRuntime):
         d = self.decoder
         names_in = contract.cache_input_names(d.num_layers)
         if past is None:
-            past = [np.zeros((batch, d.num_kv_heads, 0, d.head_dim), np.float32)] * len(names_in)
+            past = [self._empty_cache(batch)] * len(names_in)
         outputs = session.run(None, {**feeds, **dict(zip(names_in, past, strict=True))})
         return outputs[0][:, -1, :], list(outputs[1:])
 
@@ -375,7 +380,7 @@ class LMRuntime(BundleRuntime):
         else:
             variant, task_feeds, _ = self._plan(len(ids), task, tasks)
         d = self.decoder
-        empty = np.zeros((len(ids), d.num_kv_heads, 0, d.head_dim), np.float32)
+        empty = self._empty_cache(len(ids))
         feeds = {
             contract.INPUT_IDS: ids,
             contract.ATTENTION_MASK: mask,
