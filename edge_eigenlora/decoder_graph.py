@@ -210,7 +210,7 @@ def build_decoder_graph(
     layers = decoder_shape(model).num_layers
     inputs = list(contract.graph_input_names("causal_lm", variant, layers))
     outputs = list(contract.graph_output_names("causal_lm", variant, layers))
-    proto = to_onnx(module, args, shapes, inputs, outputs)
+    proto = to_onnx(module, args, shapes, inputs, outputs, optimize=False)
     name_decoder_dims(proto, layers)
     return proto, layout
 

@@ -203,9 +203,19 @@ def example_inputs(
 
 
 def to_onnx(
-    module: nn.Module, args: tuple, dynamic_shapes: Any, input_names: list[str], output_names: list[str]
+    module: nn.Module,
+    args: tuple,
+    dynamic_shapes: Any,
+    input_names: list[str],
+    output_names: list[str],
+    *,
+    optimize: bool = True,
 ) -> Any:
-    """torch -> onnx.ModelProto (dynamo exporter, the contract's opset), cleaned of metadata and source paths."""
+    """torch -> onnx.ModelProto (dynamo exporter, the contract's opset), cleaned of metadata and source paths.
+
+    optimize: run onnxscript's optimizer on the exported graph; a decoder LM's graphs turn it off (it takes
+    most of their export time, over 20 minutes on SmolLM2's train step; ONNX Runtime optimizes at load).
+    """
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -219,7 +229,7 @@ def to_onnx(
             input_names=input_names,
             output_names=output_names,
             opset_version=contract.OPSET,
-            optimize=True,
+            optimize=optimize,
             verbose=False,
             report=False,
         )

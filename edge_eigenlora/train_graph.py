@@ -231,7 +231,7 @@ def build_train_step(
             input_names=list(names),
             output_names=list(outputs),
             opset_version=contract.OPSET,
-            optimize=True,
+            optimize=kind == "classification",  # the decoder's joint graph: see graph_modules.to_onnx
             verbose=False,
             report=False,
         )

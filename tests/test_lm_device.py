@@ -697,7 +697,7 @@ def test_smollm2_train_step_gradients_equal_autograd(smol):
         f"SmolLM2 train step: loss {float(out['loss']):.6f} vs {loss.item():.6f}, gradient relative error {rel:.2e}"
     )
     assert abs(float(out["loss"]) - loss.item()) < 1e-4 * loss.item()
-    assert rel < 1e-4
+    assert rel < 1e-4  # measured: 4.75e-06 (loss 5.152286 vs 5.152285)
 
 
 @pytest.mark.slow
@@ -715,7 +715,7 @@ def test_smollm2_40_device_steps_lower_the_held_out_loss(smol, tmp_path):
         f"SmolLM2 40 device steps: held-out loss {before:.4f} -> {after:.4f} in {time.perf_counter() - start:.0f} s"
     )
     assert outcome.steps == 40
-    assert after < before - 0.25, (before, after)
+    assert after < before - 1.3, (before, after)  # measured: 5.722 -> 3.003 (half the drop as the floor)
 
 
 SMOL_PROMPTS = [
