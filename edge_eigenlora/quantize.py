@@ -122,6 +122,7 @@ def matmul_nbits(
     op_types: tuple[str, ...] = ("MatMul",),
     bits: int = 4,
     symmetric: bool = True,
+    accuracy_level: int = 0,
 ) -> Any:
     """MatMulNBits (4 or 8 bits, blocks of `block_size`, symmetric or with zero points) on every constant-weight
     MatMul not excluded; with op_types ("Gather",) the same blocks make a com.microsoft.GatherBlockQuantized."""
@@ -135,6 +136,7 @@ def matmul_nbits(
         bits=bits,
         block_size=block_size,
         is_symmetric=symmetric,
+        accuracy_level=accuracy_level,
         op_types_to_quantize=op_types,
         quant_axes=(("Gather", 1),),
     )
@@ -343,7 +345,9 @@ def quantize_base(
     if mode == "int4":
         return matmul_nbits(model, exclude, block_size, symmetric=not decoder)
     if mode == "int8" and decoder:
-        return matmul_nbits(model, exclude, max(block_size, 128), bits=8)
+        # accuracy_level 4 (int8 activations per block) selects ORT's fast 8-bit kernel: one SmolLM2 token in
+        # 47 ms instead of 1006 ms (fp32: 79 ms), for +0.018 nats instead of +0.008 (docs/lm.md)
+        return matmul_nbits(model, exclude, max(block_size, 128), bits=8, accuracy_level=4)
     if mode != "int8":
         raise EdgeEigenLoraError(f"base quantization must be none, int8 or int4, got {mode!r}.")
     from onnxruntime.quantization import QuantType, quantize_dynamic
