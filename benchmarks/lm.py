@@ -2,6 +2,12 @@
 per-row tasks, memory, bytes and the quantized bundles' quality, and the peers, in one run.
 
     python -m benchmarks.lm [--quick] [--fresh] [--no-peers]        # results in benchmarks/results/lm/
+        [--graphs shared per_row merged train_step] [--stand-in-bank]
+
+--graphs: the fp32 graphs to export (default all four; each SmolLM2 graph is a torch export of 10-35 minutes
+on a shared 2-core machine); a table that needs a graph left out is reported as not measured.
+--stand-in-bank: 3 seeded PEFT LoRA adapters of the LM bank's shapes instead of the bank (for when it is not
+built): every figure but the task's held-out loss depends only on the shapes.
 
 Set-up (cached under ~/.cache/edge-eigenlora/lm_bench/<basis id>/, atomic, never in git): the LM bank of
 `edge_eigenlora.lm_bank` (3 PEFT LoRA r=8 q/k/v/o adapters, built by `build_lm_bank`; this script only reads
@@ -55,7 +61,9 @@ CACHE = Path(os.environ.get("EDGE_EIGENLORA_CACHE", Path.home() / ".cache" / "ed
 BANK_ROOT = CACHE / "demo_lm" / "bank"
 BENCH_CACHE = CACHE / "lm_bench"
 K, RANK = 16, 8
-MERGED_TASK = "verb_definitions"
+MERGED_TASK = "verb_definitions"  # the bank's first task; a stand-in bank's first adapter (see configure())
+GRAPHS = ("shared", "per_row", "merged", "train_step")
+STAND_IN = ("stand_in_a", "stand_in_b", "stand_in_c")
 MEAN_TASK = "mean_of_bank"
 PROMPT_TOKENS = 128
 KV_POSITIONS = (16, 240)
@@ -150,9 +158,20 @@ def _loadavg() -> float:
 # ------------------------------------------------------------------------------------------------ set-up
 
 
-def bank_folders() -> list[Path]:
+def bank_folders(stand_in: bool = False) -> list[Path]:
+    """The LM bank's adapter folders; stand_in: 3 seeded PEFT LoRA adapters of the same shapes (r=8, alpha 16,
+    q/k/v/o of every layer; PEFT's init for A, B ~ N(0, 0.01)) for when the bank is not built: every figure
+    but the tasks' quality depends only on the shapes."""
     from edge_eigenlora.bank import RECORD_NAME
     from edge_eigenlora.lm_bank import DEMO_LM_BANK
+
+    if stand_in:
+        from benchmarks.lm_peers import make_peft_adapter
+
+        return [
+            make_peft_adapter(out=BENCH_CACHE / "stand_in_bank" / name, seed=i + 1)
+            for i, name in enumerate(STAND_IN)
+        ]
 
     folders = [BANK_ROOT / t.name for t in DEMO_LM_BANK]
     missing = [f for f in folders if not (f / RECORD_NAME).is_file()]
@@ -181,7 +200,7 @@ def _atomic_dir(final: Path, build: Any) -> Path:
     return final
 
 
-def prepare() -> Path:
+def prepare(stand_in: bool = False, graphs: tuple[str, ...] = GRAPHS) -> Path:
     """Fit the basis, compress the tasks, export fp32 once and derive int8 / int4 (what is missing)."""
     from edge_eigenlora.adapters import load_bank
     from edge_eigenlora.basis import SubspaceConfig, fit_basis, save_basis
@@ -189,11 +208,15 @@ def prepare() -> Path:
     from edge_eigenlora.export import ExportConfig, derive_bundle, export_bundle
     from edge_eigenlora.task import Task, save_task
 
-    folders = bank_folders()
+    folders = bank_folders(stand_in)
+    merged_task = folders[0].name
     bank = load_bank(folders)
     basis = fit_basis(bank, SubspaceConfig(k=K, clip_k=True), progress=False)
-    root = BENCH_CACHE / f"{basis.short_id}-k{K}-r{RANK}"
+    short = {"shared": "s", "per_row": "p", "merged": "m", "train_step": "t"}
+    root = BENCH_CACHE / f"{basis.short_id}-k{K}-r{RANK}-{''.join(short[g] for g in graphs)}"
     root.mkdir(parents=True, exist_ok=True)
+    setup = {"bank": [str(f) for f in folders], "stand_in": stand_in, "merged_task": merged_task}
+    (root / "bench.json").write_text(json.dumps(setup | {"graphs": list(graphs)}, indent=1))
     basis_path = root / "basis.safetensors"
     if not basis_path.is_file():
         save_basis(basis, basis_path)
@@ -237,11 +260,11 @@ def prepare() -> Path:
             config=ExportConfig(
                 rank=RANK,
                 kind="causal_lm",
-                variants=("shared", "per_row", "merged"),
+                variants=tuple(g for g in GRAPHS[:3] if g in graphs),
                 basis_quant="none",
                 base_quant="none",
-                merged_task=MERGED_TASK,
-                train_step=True,
+                merged_task=merged_task if "merged" in graphs else None,
+                train_step="train_step" in graphs,
             ),
         )
         (root / "export_seconds.json").write_text(json.dumps({"fp32": time.perf_counter() - start}))
@@ -251,13 +274,31 @@ def prepare() -> Path:
         config = ExportConfig(
             rank=RANK,
             kind="causal_lm",
-            variants=("shared", "merged"),
+            variants=tuple(g for g in ("shared", "merged") if g in graphs),
             basis_quant=mode,
             base_quant=mode,
-            merged_task=MERGED_TASK,
+            merged_task=merged_task if "merged" in graphs else None,
         )
         _atomic_dir(root / mode, lambda tmp, c=config: derive_bundle(fp32, tmp, config=c))
     return root
+
+
+def configure(root: Path) -> dict:
+    """Read the set-up prepare() recorded (bank, merged task, graphs) and point this module at it."""
+    global MERGED_TASK
+    setup = json.loads((root / "bench.json").read_text())
+    MERGED_TASK = setup["merged_task"]
+    return setup
+
+
+NEEDS = {
+    "latency": ("shared", "merged"),
+    "kv_cache": ("shared",),
+    "per_row": ("shared", "per_row"),
+    "memory": ("shared",),
+    "bytes": ("shared",),
+    "peers": (),
+}
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -316,16 +357,19 @@ def _runtime(bundle: Path, threads: int, **kw: Any) -> Any:
 LATENCY_CONFIGS = (
     # name, bundle, task (None: the merged graph)
     ("base (merged) fp32", "fp32", None),
-    ("unmerged shared fp32", "fp32", MERGED_TASK),
-    ("control: 2nd session shared fp32", "fp32", MERGED_TASK),
+    ("unmerged shared fp32", "fp32", True),
+    ("control: 2nd session shared fp32", "fp32", True),
     ("base (merged) int8", "int8", None),
-    ("unmerged shared int8", "int8", MERGED_TASK),
+    ("unmerged shared int8", "int8", True),
     ("base (merged) int4", "int4", None),
-    ("unmerged shared int4", "int4", MERGED_TASK),
+    ("unmerged shared int4", "int4", True),
 )
 
 
-def _timed_generate(rt: Any, prompt: str, task: str | None, tokens: int) -> tuple[float, float, list[int]]:
+def _timed_generate(rt: Any, prompt: str, task: Any, tokens: int) -> tuple[float, float, list[int]]:
+    """(prefill ms, median decode ms/token, token ids); task True: the bundle's merged task on the shared graph,
+    None: the merged graph."""
+    task = MERGED_TASK if task is True else task
     stats: dict[str, Any] = {}
     out = rt.generate(prompt, task=task, max_new_tokens=tokens + 1, eos=(), chat=False, stats=stats)
     return float(stats["prefill_ms"]), float(np.median(stats["step_ms"])), out[0].token_ids
@@ -621,9 +665,11 @@ def table_memory(root: Path, s: Settings) -> dict:
     np.savez(batch_path, **train_batch(rt))
     del rt
     common = {"threads": s.work_threads, "task": MEAN_TASK, "steps": s.train_steps, "batch": str(batch_path)}
-    common |= {"prompt": prompt, "tokens": s.decode_tokens, "adapter": str(BANK_ROOT / MERGED_TASK)}
+    setup = configure(root)
+    common |= {"prompt": prompt, "tokens": s.decode_tokens, "adapter": setup["bank"][0]}
     specs = {}
-    for arm in MEMORY_ARMS:
+    has_train = "train_step" in setup["graphs"]
+    for arm in MEMORY_ARMS if has_train else [a for a in MEMORY_ARMS if not a.startswith("device_train")]:
         kind, _, bundle = arm.partition(" ")
         specs[arm] = {**common, "kind": kind, "bundle": str(root / (bundle or "fp32"))}
     specs["device_generate fp32"]["task"] = specs["device_generate int8"]["task"] = MERGED_TASK
@@ -652,13 +698,20 @@ def table_memory(root: Path, s: Settings) -> dict:
         }
     med = {a: summary[a]["above_import_mib"]["median"] for a in summary}
     whole = {a: summary[a]["peak_mib"]["median"] for a in summary}
-    ratios = {
-        "device train / torch LoRA train, above import": med["device_train fp32"] / med["torch_train"],
-        "device train (low_memory) / torch LoRA train, above import": med["device_train_low_memory fp32"]
-        / med["torch_train"],
-        "device train / torch LoRA train, whole process": whole["device_train fp32"] / whole["torch_train"],
-        "device train (low_memory) / torch LoRA train, whole process": whole["device_train_low_memory fp32"]
-        / whole["torch_train"],
+    ratios = {}
+    if has_train:
+        ratios |= {
+            "device train / torch LoRA train, above import": med["device_train fp32"] / med["torch_train"],
+            "device train (low_memory) / torch LoRA train, above import": med["device_train_low_memory fp32"]
+            / med["torch_train"],
+            "device train / torch LoRA train, whole process": whole["device_train fp32"]
+            / whole["torch_train"],
+            "device train (low_memory) / torch LoRA train, whole process": whole[
+                "device_train_low_memory fp32"
+            ]
+            / whole["torch_train"],
+        }
+    ratios |= {
         "device generate fp32 / torch generate, above import": med["device_generate fp32"]
         / med["torch_generate"],
         "device generate int8 / torch generate, above import": med["device_generate int8"]
@@ -709,7 +762,7 @@ def table_bytes(root: Path, s: Settings) -> dict:
         sizes[b] = {
             "bundle_total": sum(p.stat().st_size for p in files),
             "shared_graph": shared,
-            "merged_graph": contract.graph_bytes(m, contract.MERGED),
+            "merged_graph": contract.graph_bytes(m, contract.MERGED) if m.has_graph(contract.MERGED) else 0,
             "tokenizer": tokenizer,
             "task_file": task,
             "phone_bundle": shared + tokenizer + task,  # the shared graph, its tokenizer and one task
@@ -718,14 +771,14 @@ def table_bytes(root: Path, s: Settings) -> dict:
             sizes[b]["train_step_graph"] = contract.graph_bytes(m, contract.TRAIN_STEP)
         if m.has_graph(contract.PER_ROW):
             sizes[b]["per_row_graph"] = contract.graph_bytes(m, contract.PER_ROW)
-    peft = (BANK_ROOT / MERGED_TASK / "adapter_model.safetensors").stat().st_size
+    peft = (Path(configure(root)["bank"][0]) / "adapter_model.safetensors").stat().st_size
     rows = None
     quality = {}
     for b in ("fp32", "int8", "int4"):
         rt = _runtime(root / b, s.work_threads)
         if rows is None:
             rows = labelled_rows(rt, held_out_examples()[:HELD_OUT])
-        for task in (MERGED_TASK, None):
+        for task in (MERGED_TASK, None) if rt.manifest.has_graph(contract.MERGED) else (MERGED_TASK,):
             label = f"{b}|{'task ' + MERGED_TASK + ' (shared)' if task else 'merged (the same task folded)'}"
             quality[label] = _losses(rt, rows, task)
         print(f"quality {b}: done", flush=True)
@@ -779,7 +832,17 @@ def table_peers(root: Path, s: Settings) -> dict:
 
 
 def render_report(result: dict) -> str:
-    meta, t = result["meta"], result["tables"]
+    meta = result["meta"]
+    t = {k: v for k, v in result["tables"].items() if "error" not in v}
+    skipped = {k: v["error"] for k, v in result["tables"].items() if "error" in v}
+    setup = meta.get("setup", {})
+    bank = (
+        "a STAND-IN bank (3 seeded PEFT LoRA adapters of the LM bank's shapes: r=8, alpha 16, q/k/v/o of all 30 "
+        "layers; the LM bank was not built in time): latency, cache, per-row, memory and bytes depend only on the "
+        "shapes; the task's held-out loss is not a trained task's"
+        if setup.get("stand_in")
+        else "the 3 adapters of the LM bank (edge_eigenlora.lm_bank)"
+    )
     lines = [
         "# Decoder LMs on the device: SmolLM2-135M-Instruct (issue 12)",
         "",
@@ -787,7 +850,7 @@ def render_report(result: dict) -> str:
         f"{meta['onnxruntime']}. 1-minute load average {meta['load_average'][0]:.1f} at the start and "
         f"{meta['load_average'][1]:.1f} at the end (other jobs share the cores: absolute times are slower than on "
         f"an idle machine; every ratio is within one round). Basis K={meta['k']} per module and side, rank "
-        f"{meta['rank']}, fitted on the 3 adapters of the LM bank; run time {meta['wall_s'] / 60:.1f} min. "
+        f"{meta['rank']}, fitted on {bank}; graphs exported: {', '.join(setup.get('graphs', GRAPHS))}; run time {meta['wall_s'] / 60:.1f} min. "
         "Figures are median (min-max) over rounds.",
         "",
     ]
@@ -895,10 +958,12 @@ def render_report(result: dict) -> str:
                 f"{_fmt(v['above_import_mib'], '.0f')} | {_fmt(v['work_s'])} |"
             )
         lines += [""] + [f"- {k}: {v:.2f}x" for k, v in mem["ratios"].items()]
-        r = mem["ratios"]["device train / torch LoRA train, above import"]
+        r = mem["ratios"].get("device train / torch LoRA train, above import")
         lines += [
             f"- Target: device train step above import at most 0.5x PyTorch LoRA's: {r:.2f}x "
-            f"({'met' if r <= 0.5 else 'NOT met'}).",
+            f"({'met' if r <= 0.5 else 'NOT met'})."
+            if r is not None
+            else "- The device train step was not measured: the bundle has no train-step graph (see the set-up).",
             "",
         ]
     if "bytes" in t:
@@ -935,14 +1000,12 @@ def render_report(result: dict) -> str:
         lines.append("")
     if "peers" in t:
         p = t["peers"]
-        lines += ["## Peers (benchmarks/lm_peers.py, same run)", ""]
-        if "error" in p:
-            lines += [f"Not measured: {p['error']}", ""]
-        else:
-            lines += [p["markdown"], ""]
-            for key, err in p.get("artifacts", {}).get("errors", {}).items():
-                lines.append(f"- {key}: not measured: {err}")
-            lines.append("")
+        lines += ["## Peers (benchmarks/lm_peers.py, same run)", "", p["markdown"], ""]
+        for key, err in p.get("artifacts", {}).get("errors", {}).items():
+            lines.append(f"- {key}: not measured: {err}")
+        lines.append("")
+    if skipped:
+        lines += ["## Not measured", ""] + [f"- {k}: {v}" for k, v in skipped.items()] + [""]
     return "\n".join(lines) + "\n"
 
 
@@ -955,6 +1018,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="re-measure every table (ignore cached tables)")
     parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument(
+        "--stand-in-bank",
+        action="store_true",
+        help="3 seeded PEFT LoRA adapters of the bank's shapes instead of the LM bank (when it is not built)",
+    )
+    parser.add_argument(
+        "--graphs",
+        nargs="+",
+        default=list(GRAPHS),
+        choices=GRAPHS,
+        help="the fp32 graphs to export (each SmolLM2 graph is a long torch export); tables needing others are "
+        "reported as not measured",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -962,8 +1038,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print("RESULT " + json.dumps(child_main(json.loads(args.child))), flush=True)
         return 0
+    graphs = tuple(g for g in GRAPHS if g in args.graphs)
+    if "shared" not in graphs:
+        parser.error("--graphs must include shared")
     if args.prepare:
-        print(prepare())
+        print(prepare(args.stand_in_bank, graphs))
         return 0
     settings = QUICK if args.quick else DEFAULT
     out = args.out or (OUT / "quick" if args.quick else OUT)
@@ -973,7 +1052,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # the set-up (torch export) runs in its own process: this one stays torch-free while it measures
     prep = subprocess.run(
-        [sys.executable, "-m", "benchmarks.lm", "--prepare"],
+        [sys.executable, "-m", "benchmarks.lm", "--prepare", "--graphs", *graphs]
+        + (["--stand-in-bank"] if args.stand_in_bank else []),
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -983,6 +1063,7 @@ def main(argv: list[str] | None = None) -> int:
         return prep.returncode
     root = Path(prep.stdout.strip().splitlines()[-1])
     print(f"bundles: {root}", flush=True)
+    setup = configure(root)
     key = {"bundles": root.name, "settings": asdict(settings)}
     funcs = {
         "latency": table_latency,
@@ -1004,6 +1085,13 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         if name not in wanted:
             continue
+        missing = [g for g in NEEDS[name] if g not in graphs]
+        if missing:
+            tables[name] = {
+                "error": f"needs the {' and '.join(missing)} graph(s), not exported in this run (--graphs "
+                f"{' '.join(graphs)}: each SmolLM2 graph is a torch export of 10-35 minutes on this machine)"
+            }
+            continue
         t = time.perf_counter()
         tables[name] = funcs[name](root, settings)
         data = {"key": key, "seconds": time.perf_counter() - t, "load_end": _loadavg(), "table": tables[name]}
@@ -1023,6 +1111,7 @@ def main(argv: list[str] | None = None) -> int:
         "k": K,
         "rank": RANK,
         "bundles": root.name,
+        "setup": setup,
         "wall_s": time.perf_counter() - start,
     }
     compression = root / "compression.json"

@@ -118,7 +118,7 @@ def test_report_renders_every_table_with_its_command_and_targets(peers):
     assert "| fp32 | 1024.0 | 512.0 | 512.0 | 513.0 | 244.1 |" in text
     assert "| int4, task x (shared) | 2.5000 | +0.0100 +- 0.0020 | 64 |" in text
     if "error" in peers:
-        assert "Not measured: benchmarks/lm_peers.py is not available" in text
+        assert "## Not measured\n\n- peers: benchmarks/lm_peers.py is not available" in text
     else:
         assert "| peer |" in text
 
