@@ -139,6 +139,29 @@ def _fmt(s: dict[str, float], f: str = ".1f") -> str:
     return f"{s['median']:{f}} ({s['min']:{f}}-{s['max']:{f}})"
 
 
+def _load_range(tables: dict, loads: list[float]) -> list[float]:
+    """Min and max of the 1-minute load averages recorded while measuring (per round and at each table's end)."""
+    values = list(loads)
+    for t in tables.values():
+        for r in t.get("rounds", []) if isinstance(t, dict) else []:
+            values += (
+                [r["loadavg"]]
+                if "loadavg" in r
+                else [v["loadavg"] for v in r.values() if isinstance(v, dict)]
+            )
+    return [min(values), max(values)] if values else []
+
+
+def _load_text(meta: dict) -> str:
+    lo, hi = meta.get("load_average_range") or meta["load_average"]
+    return f"{lo:.1f} to {hi:.1f} while measuring"
+
+
+def _export_time(meta: dict) -> str:
+    s = meta.get("export_seconds", {}).get("fp32")
+    return f" of {s / 60:.0f} min" if s else ""
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:.1f}"
 
@@ -847,10 +870,12 @@ def render_report(result: dict) -> str:
         "# Decoder LMs on the device: SmolLM2-135M-Instruct (issue 12)",
         "",
         f"`{meta['command']}` ({meta['settings']['name']} settings), {meta['machine']}, onnxruntime "
-        f"{meta['onnxruntime']}. 1-minute load average {meta['load_average'][0]:.1f} at the start and "
-        f"{meta['load_average'][1]:.1f} at the end (other jobs share the cores: absolute times are slower than on "
+        f"{meta['onnxruntime']}. 1-minute load average {_load_text(meta)} (other jobs share the cores: absolute times are slower than on "
         f"an idle machine; every ratio is within one round). Basis K={meta['k']} per module and side, rank "
-        f"{meta['rank']}, fitted on {bank}; graphs exported: {', '.join(setup.get('graphs', GRAPHS))}; run time {meta['wall_s'] / 60:.1f} min. "
+        f"{meta['rank']}, fitted on {bank}; graphs exported: {', '.join(setup.get('graphs', GRAPHS))} "
+        f"(one torch export{_export_time(meta)}, int8 and int4 derived from it without torch). Measuring time "
+        f"{sum(meta.get('table_seconds', {}).values()) / 60 or meta['wall_s'] / 60:.1f} min "
+        f"({', '.join(f'{k} {v / 60:.1f}' for k, v in meta.get('table_seconds', {}).items())}). "
         "Figures are median (min-max) over rounds.",
         "",
     ]
@@ -1073,14 +1098,15 @@ def main(argv: list[str] | None = None) -> int:
         "bytes": table_bytes,
         "peers": table_peers,
     }
-    tables = {}
+    tables, seconds, loads = {}, {}, []
     wanted = [n for n in args.tables if not (n == "peers" and args.no_peers)]
     for name in TABLES:
         path = cached / f"{name}.json"
         if path.is_file() and not args.fresh:
             data = json.loads(path.read_text())
             if data.get("key") == key:
-                tables[name] = data["table"]
+                tables[name], seconds[name] = data["table"], data["seconds"]
+                loads.append(data["load_end"])
                 print(f"{name}: cached ({path})", flush=True)
                 continue
         if name not in wanted:
@@ -1098,6 +1124,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
         tmp.rename(path)
+        seconds[name] = data["seconds"]
+        loads.append(data["load_end"])
         print(f"{name}: {data['seconds']:.0f} s", flush=True)
     import importlib.metadata as md
 
@@ -1107,13 +1135,18 @@ def main(argv: list[str] | None = None) -> int:
         "settings": asdict(settings),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
         "load_average": [load_start, _loadavg()],
+        "load_average_range": _load_range(tables, loads),
         "onnxruntime": md.version("onnxruntime"),
         "k": K,
         "rank": RANK,
         "bundles": root.name,
         "setup": setup,
         "wall_s": time.perf_counter() - start,
+        "table_seconds": seconds,  # each table's own measuring time (also when read from the cache)
     }
+    exported = root / "export_seconds.json"
+    if exported.is_file():
+        meta["export_seconds"] = json.loads(exported.read_text())
     compression = root / "compression.json"
     if compression.is_file():
         meta["compression_mean_delta_error"] = json.loads(compression.read_text())

@@ -108,7 +108,7 @@ def _result(peers):
 def test_report_renders_every_table_with_its_command_and_targets(peers):
     text = lm.render_report(_result(peers))
     assert text.startswith("# Decoder LMs on the device")
-    assert "`python -m benchmarks.lm --quick`" in text and "load average 5.5 at the start and 6.2" in text
+    assert "`python -m benchmarks.lm --quick`" in text and "load average 5.5 to 6.2 while measuring" in text
     assert "1 thread(s): unmerged fp32 decode 1.020x base (met)" in text
     assert "2 thread(s): unmerged fp32 decode 1.200x base (NOT met)" in text
     assert "| bound | 10.00 (9.00-11.00) | 10.00 (9.00-11.00) | 1.050 (0.945-1.155) |" in text
