@@ -997,7 +997,8 @@ def render_report(result: dict) -> str:
             "## Bytes and the quantized bundles' quality",
             "",
             "phone bundle = the shared graph (its .onnx and every external tensor it reads), the tokenizer and "
-            "one task file. The fp32 export also holds per_row, merged and train_step.",
+            "one task file. The fp32 export's folder also holds the other graphs exported ("
+            f"{', '.join(meta.get('setup', {}).get('graphs', GRAPHS))}).",
             "",
             "| bundle | whole folder MiB | shared graph MiB | merged graph MiB | phone bundle MiB | task file KiB |",
             "|---|---|---|---|---|---|",
@@ -1089,7 +1090,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(prep.stdout.strip().splitlines()[-1])
     print(f"bundles: {root}", flush=True)
     setup = configure(root)
-    key = {"bundles": root.name, "settings": asdict(settings)}
+    key = json.loads(json.dumps({"bundles": root.name, "settings": asdict(settings)}))  # as read back
     funcs = {
         "latency": table_latency,
         "kv_cache": table_kv,
