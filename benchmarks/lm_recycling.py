@@ -650,6 +650,7 @@ def write_results(config: dict[str, Any], out_dir: Path | None = None) -> Path:
     summary = {
         "config": config,
         "cells_expected": len(cells),
+        "cells": [list(c) for c in cells],
         "lr_grids": {
             m: lr_grid(config, parse_method(m)) for m in {c[0] for c in cells} if parse_method(m).trains
         },
