@@ -172,6 +172,7 @@ def test_render_writes_a_report_from_synthetic_runs(tmp_path):
             "data": {"validation": 32, "test": 64},
             "grid": [{"methods": ["base", "mean", "lora/r8"]}],
             "bank": {"train": {"max_steps": 64}},
+            "train": {"max_steps": 40},
         },
         "cells_expected": 6,
         "runs": runs,
