@@ -559,7 +559,10 @@ def run_key(method: str, task: str, seed: int, n: int, lr: float | None) -> tupl
     return (method, task, seed, n, None if lr is None else float(lr))
 
 
-def run_grid(config: dict[str, Any], shard: str, only: Sequence[str] | None) -> None:
+def run_grid(
+    config: dict[str, Any], shard: str, only: Sequence[str] | None, lr_index: int | None = None
+) -> None:
+    """Every missing training of the grid; lr_index runs only that learning rate of each grid (a first pass)."""
     import torch
 
     path = results_path(config)
@@ -571,6 +574,8 @@ def run_grid(config: dict[str, Any], shard: str, only: Sequence[str] | None) -> 
             continue
         method = parse_method(name)
         lrs = lr_grid(config, method) if method.trains else [None]
+        if lr_index is not None and method.trains:
+            lrs = lrs[lr_index : lr_index + 1]
         for lr in lrs:
             if run_key(name, task, seed, n, lr) in done:
                 continue
@@ -635,7 +640,16 @@ def bank_records(config: dict[str, Any]) -> list[dict]:
     return out
 
 
-def write_results(config: dict[str, Any], out_dir: Path | None = None) -> Path:
+def _grid_pass(config: dict[str, Any], method: str, lr_index: int | None) -> list[float]:
+    method_ = parse_method(method)
+    if not method_.trains:
+        return []
+    grid = lr_grid(config, method_)
+    return grid if lr_index is None else grid[lr_index : lr_index + 1]
+
+
+def write_results(config: dict[str, Any], out_dir: Path | None = None, lr_index: int | None = None) -> Path:
+    """The summary JSON + report; lr_index: report a first pass (only that learning rate of every grid)."""
     from benchmarks import lm_report
     from benchmarks.lm_tasks import lm_tasks
 
@@ -651,9 +665,8 @@ def write_results(config: dict[str, Any], out_dir: Path | None = None) -> Path:
         "config": config,
         "cells_expected": len(cells),
         "cells": [list(c) for c in cells],
-        "lr_grids": {
-            m: lr_grid(config, parse_method(m)) for m in {c[0] for c in cells} if parse_method(m).trains
-        },
+        "lr_grids": {m: grid for m in {c[0] for c in cells} if (grid := _grid_pass(config, m, lr_index))},
+        "lr_pass": lr_index,
         "runs": rows,
         "bank": bank_records(config),
         "tasks": specs,
@@ -679,6 +692,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", help="grid: only methods starting with these prefixes")
     parser.add_argument("--tasks", nargs="*", help="bank: only these bank tasks")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--lr-index",
+        type=int,
+        help="grid/report: only this learning rate of every method's grid (a first pass; the report says so)",
+    )
     args = parser.parse_args(argv)
     config = load_config(args.config)
     import torch
@@ -687,9 +705,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stage in ("bank", "all"):
         build_bank(config, None, args.shard, args.tasks)
     if args.stage in ("grid", "all"):
-        run_grid(config, args.shard, args.methods)
+        run_grid(config, args.shard, args.methods, args.lr_index)
     if args.stage in ("report", "all"):
-        write_results(config)
+        write_results(config, lr_index=args.lr_index)
     return 0
 
 

@@ -311,6 +311,13 @@ def render(summary: dict[str, Any], out_dir: str | Path) -> Path:
         "(stages `--stage bank|grid|report`, `--shard k/n` per worker, one torch thread each).",
         "",
     ]
+    if summary.get("lr_pass") is not None:
+        lines += [
+            f"**A first pass**: only learning rate number {summary['lr_pass'] + 1} of each method's grid has run "
+            "(the grids below); the validation choice among the config's whole grid is still to come, so "
+            "every method here had the same, untuned, budget.",
+            "",
+        ]
     done = len({c[:4] for c in cells})
     lines += [
         f"Cells complete: {done} of {summary['cells_expected']} in the config (a cell = method x task x seed x n, "
