@@ -23,6 +23,7 @@ Methods (strings, as in the JSONL):
                                 bank (the paper's init: the mean adapter's best rank-R part inside the basis),
                                 or mean (the bank's full mean delta W as a frozen offset, coefficients from 0)
   random/k<K>/<init>[/r<R>]     the same on a random orthonormal basis; init zero or mean
+  eigenout/k<K>/<init>[/r<R>]   output side (U_B) from the bank's basis, input side (U_A) random; zero or mean
   vlora/k<k>                    vlora-dev 1.0.0: its own subspace of the same bank (flattened factors, centered
                                 PCA, k components per side and module), its orthogonal_init, loadings trained
 """
@@ -441,7 +442,7 @@ def parse_method(name: str) -> Method:
         return Method(kind, r=int(parts[1].lstrip("r")))
     if kind == "vlora" and len(parts) == 2:
         return Method(kind, k=int(parts[1].lstrip("k")))
-    if kind in ("eigen", "random") and len(parts) in (3, 4):
+    if kind in ("eigen", "random", "eigenout") and len(parts) in (3, 4):
         init = parts[2]
         allowed = ("zero", "bank", "mean") if kind == "eigen" else ("zero", "mean")
         if init not in allowed:
@@ -529,6 +530,12 @@ def build_run_model(bench: Bench, method: Method, seed: int) -> tuple[Any, list[
         return model, params, sum(p.numel() for p in params)
     else:
         basis = bench.basis("random" if method.kind == "random" else "eigen", method.k, seed)
+        if (
+            method.kind == "eigenout"
+        ):  # output side (U_B) recycled, input side (U_A) random: which side carries it
+            from benchmarks import controls
+
+            basis = controls.mix_basis(basis, bench.basis("random", method.k, seed))
         init = "bank" if method.init == "bank" else "zero"
         attach_basis(model, basis, rank=method.r, init=init, seed=seed)  # type: ignore[arg-type]
     params = [p for p in model.parameters() if p.requires_grad]

@@ -47,6 +47,18 @@ PAIRS: list[tuple[str, str, str, str]] = [
         "random/k32/mean",
         "basis + init form",
     ),
+    (
+        "recycled output side (input random) - random, both zero init, K=8",
+        "eigenout/k8/zero",
+        "random/k8/zero",
+        "which side carries it",
+    ),
+    (
+        "recycled output side (input random) - random, both mean offset, K=8",
+        "eigenout/k8/mean",
+        "random/k8/mean",
+        "which side carries it",
+    ),
     ("mean adapter (no training) - base", "mean", "base", "what the mean adapter carries"),
     ("recycled bank init - mean adapter, K=8", "eigen/k8/bank", "mean", "what coefficient training adds"),
     ("random mean offset - mean adapter, K=8", "random/k8/mean", "mean", "what coefficient training adds"),
@@ -260,9 +272,11 @@ def _plot(summary: dict[str, Any], cells: dict[tuple, dict], path: Path) -> Path
                 ax.text(1.2e3, mean, f" {m}", va="bottom", fontsize=8)
                 continue
             family = m.split("/")[0]
-            marker = {"eigen": "o", "random": "s", "lora": "^", "vera": "v", "vlora": "D"}[family]
+            marker = {"eigen": "o", "random": "s", "lora": "^", "vera": "v", "vlora": "D", "eigenout": "P"}[
+                family
+            ]
             color = {"zero": "tab:blue", "bank": "tab:green", "mean": "tab:orange"}.get(
-                m.split("/")[2] if family in ("eigen", "random") else "", "tab:red"
+                m.split("/")[2] if family in ("eigen", "random", "eigenout") else "", "tab:red"
             )
             fill = "full" if family != "random" else "none"
             ax.errorbar(
