@@ -305,6 +305,30 @@ def _plot(summary: dict[str, Any], cells: dict[tuple, dict], path: Path) -> Path
     return path
 
 
+def _plot_bank(bank: Sequence[dict], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not bank:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, r in enumerate(bank):
+        steps = [h["step"] for h in r["history"]]
+        vals = [h["val_loss"] for h in r["history"]]
+        ax.plot(steps, vals, marker=".", color=f"C{i % 10}", ls="-" if i < 10 else "--", label=r["task"])
+        ax.plot([r["best_step"]], [r["val_loss"]], marker="o", color=f"C{i % 10}")
+    ax.set_xlabel("training step (batch 8)")
+    ax.set_ylabel("validation completion loss (nats/token)")
+    ax.set_title("Bank adapters: validation curves (dot: the step kept)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def render(summary: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     config = summary["config"]
@@ -437,6 +461,9 @@ def render(summary: dict[str, Any], out_dir: str | Path) -> Path:
                 f"| {r['task']} | {fam} | {r['examples']} | {r['steps']} | {r['best_step']} | {r['stopped_early']} | "
                 f"{start:.3f} -> {r['val_loss']:.3f} | {r['test_loss']:.3f} | {100 * r['test_exact_match']:.0f}% | {r['seconds']:.0f} |"
             )
+        curves = _plot_bank(bank, out_dir / f"{name}_bank_curves.png")
+        if curves:
+            lines += ["", f"![validation curves of the bank adapters]({curves.name})"]
         converged = sum(1 for r in bank if r["stopped_early"])
         lines += [
             "",
