@@ -10,6 +10,7 @@ is over tasks (the independent units), and "beats" means a paired difference bey
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -366,7 +367,9 @@ def render(summary: dict[str, Any], out_dir: str | Path) -> Path:
     # --- targets
     lines += ["## Targets (issue 13, item 5)", "", "| target | status | evidence |", "|---|---|---|"]
     for t in targets(summary, cells):
-        lines.append(f"| {t['target']} | **{t['status']}** | {t['detail']} |")
+        few = max((int(x) for x in re.findall(r"\((\d+) tasks", t["detail"])), default=0)
+        status = t["status"] + (" (provisional: fewer than 4 tasks)" if t["detail"] and few < 4 else "")
+        lines.append(f"| {t['target']} | **{status}** | {t['detail']} |")
     lines.append("")
 
     # --- main table
