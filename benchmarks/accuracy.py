@@ -13,8 +13,16 @@ For a held-out task t, the bank of size N is the first N tasks of a fixed family
 tasks, so small banks are subsets of large ones and every family is represented early.
 
 Method names (strings, so result lines stay greppable):
-  head | lora/r8 | vera/r256 | random/k32 | wsvd/k32
-  eigen/<gauge_free|factors>/k<K>/aug<P>/<zero|bank>[/r<rank>]   EigenLoRAx on the bank's basis
+  head | lora/r8 | vera/r256 | random/k32[/r<rank>][/mean] | wsvd/k32
+  meanhead                               the bank's mean adapter merged into the encoder (frozen), head trained
+  eigen/<gauge_free|factors>/k<K>/aug<P>/<zero|bank|mean>[/r<rank>]   EigenLoRAx on the bank's basis
+      init zero: delta W starts at 0; bank: the mean adapter's best rank-r part inside the basis (the paper's);
+      mean: the bank's full mean delta W merged as a frozen offset, coefficients from 0. `random/kK/mean` is
+      the same offset under a random basis, so eigen .../mean vs random .../mean differ in the basis only.
+
+With `lr_grid` in the config ({"head": [...], "lora": [...], "vera": [...], "coefficients": [...]}) every run
+trains once per learning rate of its kind's grid (the head's learning rate for head and meanhead) and keeps the
+one with the best validation accuracy: every method gets the same tuning budget.
   eigenout/<method>/k<K>/aug<P>/<init>   output side (U_B) from the bank, input side (U_A) random orthonormal
   family/<method>/k<K>/aug<P>/<init>     basis from the bank adapters of the held-out task's own family only
 """
@@ -78,6 +86,8 @@ def bank_dir(config: dict[str, Any]) -> Path:
 def results_path(config: dict[str, Any]) -> Path:
     """JSONL of finished runs: keyed by the settings that change a run (not by the grid, which may grow)."""
     key = {k: config[k] for k in ("model", "max_length", "caps", "regimes", "lr_overrides", "bank")}
+    if config.get("lr_grid"):
+        key["lr_grid"] = config["lr_grid"]  # absent from older configs: their cache keys stay valid
     return CACHE / f"{config['name']}-{_digest(key)}.jsonl"
 
 
@@ -240,30 +250,43 @@ def needed_bank_tasks(config: dict[str, Any], order: Sequence[str]) -> list[str]
 class Method:
     """A parsed method name (see the module docstring)."""
 
-    kind: str  # head | lora | vera | random | wsvd | eigen | eigenout | family
+    kind: str  # head | meanhead | lora | vera | random | wsvd | eigen | eigenout | family
     r: int = 8  # LoRA / VeRA rank, or the coefficient rank of a basis method
     subspace: str = "gauge_free"
     k: int = 0
     augment: int = 0
-    init: str = "zero"
+    init: str = "zero"  # zero | bank | mean (mean: the bank's mean delta W as a frozen offset)
 
     @property
     def uses_bank(self) -> bool:
-        return self.kind in ("eigen", "eigenout")
+        return self.kind in ("eigen", "eigenout", "meanhead") or self.init == "mean"
+
+    @property
+    def trains_adapter(self) -> bool:
+        return self.kind not in ("head", "meanhead")
 
 
 def parse_method(name: str) -> Method:
     parts = name.split("/")
     kind = parts[0]
-    if kind == "head":
-        return Method("head")
+    if kind in ("head", "meanhead") and len(parts) == 1:
+        return Method(kind)
     if kind in ("lora", "vera"):
         return Method(kind, r=int(parts[1].lstrip("r")))
     if kind in ("random", "wsvd"):
-        rank = int(parts[2].lstrip("r")) if len(parts) > 2 else 8
-        return Method(kind, k=int(parts[1].lstrip("k")), r=rank)
+        rank, init = 8, "zero"
+        for part in parts[2:]:
+            if part in ("zero", "mean") and kind == "random":
+                init = part
+            elif part.startswith("r") and part[1:].isdigit():
+                rank = int(part[1:])
+            else:
+                raise SystemExit(f"method {name!r}: {part!r} is neither r<rank> nor an init (zero, mean)")
+        return Method(kind, k=int(parts[1].lstrip("k")), r=rank, init=init)
     if kind in ("eigen", "eigenout", "family"):
         rank = int(parts[5].lstrip("r")) if len(parts) > 5 else 8
+        if parts[4] not in ("zero", "bank", "mean"):
+            raise SystemExit(f"method {name!r}: init must be zero, bank or mean")
         return Method(
             kind,
             r=rank,
@@ -313,6 +336,17 @@ class Workbench:
             self._bases[key] = fit_basis(self.adapters(names), cfg, progress=False)
         return self._bases[key]
 
+    def mean_deltas(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per module, the mean of the named bank adapters' delta W (scale folded): the bank's mean adapter."""
+        key = ("mean", tuple(names))
+        if key not in self._bases:
+            bank = self.adapters(names)
+            self._bases[key] = {
+                module: np.mean([a.modules[module].delta() for a in bank.adapters_with(module)], axis=0)
+                for module in bank.module_shapes
+            }
+        return self._bases[key]
+
     def bank_names(self, method: Method, held_out: str, size: int) -> list[str]:
         if method.kind == "family":
             fam = self.families[held_out]
@@ -338,7 +372,11 @@ class Workbench:
 
         encoder = copy.deepcopy(self.encoder)
         info: dict[str, Any] = {}
-        if method.kind == "head":
+        if method.uses_bank and (method.kind == "meanhead" or method.init == "mean"):
+            names = bank_for(held_out, size, self.order)
+            add_offset(encoder, self.mean_deltas(names))
+            info["bank"] = names
+        if method.kind in ("head", "meanhead"):
             for p in encoder.parameters():
                 p.requires_grad_(False)
         elif method.kind == "lora":
@@ -367,9 +405,38 @@ class Workbench:
                     width = next(iter(basis.modules.values())).width
                     basis = controls.mix_basis(basis, controls.random_basis(shapes, width, seed=1000 + seed))
             info["width"] = next(iter(basis.modules.values())).width
-            attach_basis(encoder, basis, rank=method.r, init=method.init, seed=seed)  # type: ignore[arg-type]
+            init = (
+                "zero" if method.init == "mean" else method.init
+            )  # mean: offset merged above, coefficients 0
+            attach_basis(encoder, basis, rank=method.r, init=init, seed=seed)  # type: ignore[arg-type]
         torch.manual_seed(seed)
         return TextClassifier(encoder, num_labels), info
+
+
+def add_offset(encoder: Any, deltas: dict[str, np.ndarray]) -> None:
+    """W += delta per module, in place (frozen): a mean adapter merged into the encoder."""
+    import torch
+
+    from edge_eigenlora.model import resolve_module_name
+
+    with torch.no_grad():
+        for module, delta in deltas.items():
+            linear = encoder.get_submodule(resolve_module_name(encoder, module))
+            linear.weight += torch.from_numpy(np.asarray(delta, np.float32))
+
+
+def lr_candidates(config: dict[str, Any], method: Method, regime: str) -> list[tuple[float, float]]:
+    """(adapter lr, head lr) pairs to try: the config's `lr_grid` for the method's kind, else its one setting."""
+    train = config["regimes"][regime]["train"]
+    lr = config.get("lr_overrides", {}).get(method.kind, train["lr"])
+    head_lr = train.get("head_lr") or lr
+    grid = config.get("lr_grid")
+    if not grid:
+        return [(lr, head_lr)]
+    if not method.trains_adapter:
+        return [(lr, h) for h in grid["head"]]
+    kind = method.kind if method.kind in grid else "coefficients"
+    return [(x, head_lr) for x in grid[kind]]
 
 
 def trainable_counts(model: Any) -> tuple[int, int]:
@@ -390,18 +457,37 @@ def run_one(bench: Workbench, method_name: str, task_name: str, seed: int, regim
     method = parse_method(method_name)
     caps = dict(config["caps"]) | ({"validation": reg["validation"]} if reg.get("validation") else {})
     task = load_capped(task_name, caps, per_class=reg.get("per_class"), seed=seed)
-    lr = config.get("lr_overrides", {}).get(method.kind, reg["train"]["lr"])
-    train_cfg = _train_config(reg["train"] | {"lr": lr}, config["max_length"], seed=seed)
-    model, info = bench.build_model(method, task_name, size, len(task.label_names), seed)
+    tried = []
+    best: tuple[Any, Any, Any, Any] | None = None
+    for lr, head_lr in lr_candidates(config, method, regime):
+        train_cfg = _train_config(
+            reg["train"] | {"lr": lr, "head_lr": head_lr}, config["max_length"], seed=seed
+        )
+        model, info = bench.build_model(method, task_name, size, len(task.label_names), seed)
+        result = train_classifier(
+            model,
+            bench.tokenizer,
+            (task.train.texts, task.train.labels),
+            (task.validation.texts, task.validation.labels),
+            train_cfg,
+            desc=method_name,
+        )
+        tried.append(
+            {
+                "lr": lr,
+                "head_lr": head_lr,
+                "val_accuracy": result.best_metric,
+                "steps": result.steps,
+                "seconds": result.seconds,
+            }
+        )
+        if (
+            best is None or result.best_metric > best[2].best_metric + 1e-9
+        ):  # ties keep the first (smaller) lr
+            best = (model, info, result, train_cfg)
+    assert best is not None
+    model, info, result, train_cfg = best
     adapter_params, with_head = trainable_counts(model)
-    result = train_classifier(
-        model,
-        bench.tokenizer,
-        (task.train.texts, task.train.labels),
-        (task.validation.texts, task.validation.labels),
-        train_cfg,
-        desc=method_name,
-    )
     test = evaluate_classifier(
         model, bench.tokenizer, task.test.texts, task.test.labels, max_length=config["max_length"]
     )
@@ -419,8 +505,11 @@ def run_one(bench: Workbench, method_name: str, task_name: str, seed: int, regim
         "params_with_head": with_head,
         "steps": result.steps,
         "best_step": result.best_step,
-        "seconds": result.seconds,
+        "seconds": sum(t["seconds"] for t in tried),
         "seconds_per_epoch": result.seconds * steps_per_epoch / max(result.steps, 1),
+        "lr": train_cfg.lr,
+        "head_lr": train_cfg.head_lr,
+        "lr_tried": tried,
         "n_train": len(task.train),
         "n_test": len(task.test),
         "history": result.history,
@@ -694,7 +783,8 @@ def spectrum_diagnostics(config: dict[str, Any]) -> list[dict]:
     rows = []
     for method in ("gauge_free", "factors"):
         basis = bench.basis(names, method, 32, 0)
-        for k in (8, 16, 32):
+        width = min(min(m.singular_values_A.size, m.singular_values_B.size) for m in basis.modules.values())
+        for k in (k for k in (8, 16, 32) if k <= width):  # a small bank's stack has fewer directions
             ev_a = [subspace.explained_variance(m.singular_values_A)[k - 1] for m in basis.modules.values()]
             ev_b = [subspace.explained_variance(m.singular_values_B)[k - 1] for m in basis.modules.values()]
             rows.append(

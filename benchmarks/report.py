@@ -30,12 +30,17 @@ def label(method: str) -> str:
     kind = parts[0]
     if kind == "head":
         return "head only"
+    if kind == "meanhead":
+        return "bank mean adapter + head"
     if kind == "lora":
         return f"LoRA r={parts[1][1:]}"
     if kind == "vera":
         return f"VeRA r={parts[1][1:]}"
     if kind == "random":
-        return f"random basis K={parts[1][1:]}" + (f" r={parts[2][1:]}" if len(parts) > 2 else "")
+        text = f"random basis K={parts[1][1:]}"
+        for part in parts[2:]:
+            text += ", mean offset" if part == "mean" else (f" r={part[1:]}" if part.startswith("r") else "")
+        return text
     if kind == "wsvd":
         return f"weight-SVD basis K={parts[1][1:]}"
     names = {"eigen": "EigenLoRAx", "eigenout": "bank out / random in", "family": "EigenLoRAx, family bank"}
@@ -43,14 +48,15 @@ def label(method: str) -> str:
     text = f"{names[kind]} {sub} K={parts[2][1:]}"
     if parts[3] != "aug0":
         text += f"+{parts[3][3:]} aug"
-    text += f", {parts[4]} init"
+    text += ", mean offset" if parts[4] == "mean" else f", {parts[4]} init"
     if len(parts) > 5:
         text += f", r={parts[5][1:]}"
     return text
 
 
 def uses_bank(method: str) -> bool:
-    return method.split("/")[0] in ("eigen", "eigenout")
+    parts = method.split("/")
+    return parts[0] in ("eigen", "eigenout", "meanhead") or (parts[0] == "random" and "mean" in parts[2:])
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float, float, int]:
@@ -91,15 +97,26 @@ def seed_means(
 
 
 def paired(rows: Rows, a: str, b: str, regime: str, size: int, tasks: Sequence[str]) -> list[float]:
-    """acc(a) - acc(b) for every (task, seed) both finished."""
+    """acc(a) - acc(b) per task: averaged over the seeds both finished, so an SE of this list is over tasks
+    (the independent units), never over task x seed pairs."""
     idx = _index(rows)
-    out = []
+    per_task: dict[str, list[float]] = defaultdict(list)
     for (m, t, s, g, n), r in idx.items():
         if m == a and g == regime and t in tasks and n == _size_of(a, size):
             other = idx.get((b, t, s, regime, _size_of(b, size)))
             if other is not None:
-                out.append(r["test_accuracy"] - other["test_accuracy"])
-    return out
+                per_task[t].append(r["test_accuracy"] - other["test_accuracy"])
+    return [float(np.mean(v)) for _, v in sorted(per_task.items())]
+
+
+def task_means(rows: Rows, method: str, regime: str, size: int, tasks: Sequence[str]) -> dict[str, float]:
+    """Per task, the test accuracy averaged over the finished seeds."""
+    idx = _index(rows)
+    acc: dict[str, list[float]] = defaultdict(list)
+    for (m, t, _s, g, n), r in idx.items():
+        if m == method and g == regime and t in tasks and n == _size_of(method, size):
+            acc[t].append(r["test_accuracy"])
+    return {t: float(np.mean(v)) for t, v in acc.items()}
 
 
 def steps_to_target(rows: Rows, method: str, regime: str, size: int, fraction: float = 0.95) -> list[float]:
@@ -118,6 +135,56 @@ def steps_to_target(rows: Rows, method: str, regime: str, size: int, fraction: f
     return out
 
 
+def matched_random(method: str, width: int) -> str:
+    """The random-basis control with the same start: zero init against zero, a mean-adapter start (bank init
+    or mean offset) against the random basis on the mean offset."""
+    init = method.split("/")[4] if method.split("/")[0] in ("eigen", "eigenout", "family") else "zero"
+    return RANDOM.format(k=width) + ("" if init == "zero" else "/mean")
+
+
+MATCHED = [
+    ("basis, both from zero", "eigen/gauge_free/k{k}/aug0/zero", "random/k{k}"),
+    ("basis, both on the mean offset", "eigen/gauge_free/k{k}/aug0/mean", "random/k{k}/mean"),
+    (
+        "recycled bank init vs random on the mean offset",
+        "eigen/gauge_free/k{k}/aug0/bank",
+        "random/k{k}/mean",
+    ),
+    (
+        "init: bank vs zero (recycled basis)",
+        "eigen/gauge_free/k{k}/aug0/bank",
+        "eigen/gauge_free/k{k}/aug0/zero",
+    ),
+    ("mean adapter under a trained head vs head only", "meanhead", "head"),
+    ("coefficient training on top of the mean adapter", "eigen/gauge_free/k{k}/aug0/bank", "meanhead"),
+    ("coefficients (recycled, zero init) vs head only", "eigen/gauge_free/k{k}/aug0/zero", "head"),
+    ("LoRA r=8 vs head only", "lora/r8", "head"),
+]
+
+
+def matched_controls(rows: Rows, regime: str, size: int, tasks: Sequence[str]) -> list[str]:
+    """Paired differences of the controls that differ in one factor, SE over tasks."""
+    lines = []
+    for k in sorted({int(m.split("/")[1][1:]) for m in methods_in(rows, regime) if m.startswith("random/")}):
+        for question, a, b in MATCHED:
+            a, b = a.format(k=k), b.format(k=k)
+            d = _stats(paired(rows, a, b, regime, size, tasks))
+            if d[3] == 0:
+                continue
+            verdict = "A better" if d[0] > 2 * d[2] else ("B better" if d[0] < -2 * d[2] else "level")
+            lines.append(
+                f"| {question} | {label(a)} - {label(b)} | {d[0] * 100:+.1f} +- {d[2] * 100:.1f} | {d[3]} | "
+                f"{verdict if d[3] > 1 else 'one task'} |"
+            )
+    if not lines:
+        return []
+    head = [
+        "| question (one factor differs) | A - B | points, mean +- SE over tasks | tasks | beyond 2 SE |",
+        "|---|---|---|---|---|",
+    ]
+    return head + list(dict.fromkeys(lines))
+
+
 def methods_in(rows: Rows, regime: str) -> list[str]:
     seen: list[str] = []
     for r in rows:
@@ -133,24 +200,24 @@ def fmt(x: float, digits: int = 1, scale: float = 100.0) -> str:
 def headline(rows: Rows, regime: str, size: int, tasks: Sequence[str]) -> tuple[list[str], list[dict]]:
     """One row per method at bank size `size`: accuracy, paired ratio to LoRA r=8, params, cost."""
     lines = [
-        "| method | adapter params | params with head | test acc % (mean +- std over seeds) | SE | "
+        "| method | adapter params | params with head | test acc % (mean over tasks +- std over tasks) | SE (tasks) | "
         "ratio to LoRA r=8 (paired) | vs head-only (paired, pts +- SE) | vs random same K (paired, pts +- SE) | "
         "s / epoch | "
         "steps to 95% of LoRA (median; never) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     table = []
-    lora_by_seed = seed_means(rows, LORA, regime, 0, tasks)
+    lora_by_task = task_means(rows, LORA, regime, 0, tasks)
     for method in methods_in(rows, regime):
         if uses_bank(method) or method.startswith("family"):
             sizes = {r["bank_size"] for r in rows if r["method"] == method and r["regime"] == regime}
             if size not in sizes:
                 continue
-        by_seed = seed_means(rows, method, regime, size, tasks)
-        if not by_seed:
+        by_task = task_means(rows, method, regime, size, tasks)
+        if not by_task:
             continue
-        mean, std, se, n = _stats(list(by_seed.values()))
-        ratios = [by_seed[s] / lora_by_seed[s] for s in by_seed if s in lora_by_seed]
+        mean, std, se, n = _stats(list(by_task.values()))
+        ratios = [by_task[t] / lora_by_task[t] for t in by_task if t in lora_by_task]
         ratio = _stats(ratios)
         mine = [
             r
@@ -175,7 +242,7 @@ def headline(rows: Rows, regime: str, size: int, tasks: Sequence[str]) -> tuple[
         if kind in ("eigen", "eigenout", "family", "wsvd"):
             k = int(method.split("/")[2 if kind != "wsvd" else 1][1:])
             width = k + (int(method.split("/")[3][3:]) if kind != "wsvd" else 0)
-            diffs = paired(rows, method, RANDOM.format(k=width), regime, size, tasks)
+            diffs = paired(rows, method, matched_random(method, width), regime, size, tasks)
             if diffs:
                 d = _stats(diffs)
                 vs_random = f"{d[0] * 100:+.1f} +- {d[2] * 100:.1f} (n={d[3]})"
@@ -192,7 +259,7 @@ def headline(rows: Rows, regime: str, size: int, tasks: Sequence[str]) -> tuple[
                 "mean": mean,
                 "std": std,
                 "se": se,
-                "n_seeds": n,
+                "n_tasks": n,
                 "ratio_to_lora": ratio[0],
                 "ratio_std": ratio[1],
                 "seconds_per_epoch": spe,
@@ -223,10 +290,16 @@ def per_task(rows: Rows, regime: str, size: int, tasks: Sequence[str], methods: 
 
 def lora_gaps(rows: Rows, regime: str, tasks: Sequence[str]) -> dict[str, tuple[float, float, int]]:
     """LoRA r=8 minus head-only per task: (mean, SE, n) in accuracy units."""
+    idx = _index(rows)
     out = {}
     for t in tasks:
-        out[t] = _stats(paired(rows, LORA, "head", regime, 0, [t]))
-        out[t] = (out[t][0], out[t][2], out[t][3])
+        diffs = [
+            r["test_accuracy"] - idx[("head", t, s, g, n)]["test_accuracy"]
+            for (m, tt, s, g, n), r in idx.items()
+            if m == LORA and tt == t and g == regime and ("head", t, s, g, n) in idx
+        ]
+        stats = _stats(diffs)  # within one task: the spread over its seeds
+        out[t] = (stats[0], stats[2], stats[3])
     return out
 
 
@@ -259,6 +332,7 @@ def plot_params(tables: dict[str, list[dict]], path: Path) -> None:
                 "lora": "C2",
                 "vera": "C1",
                 "head": "k",
+                "meanhead": "C6",
             }[kind]
             x = max(row["params"], 1)
             ax.errorbar(x, row["mean"] * 100, yerr=(row["se"] or 0) * 100, fmt="o", color=color, capsize=3)
@@ -266,8 +340,8 @@ def plot_params(tables: dict[str, list[dict]], path: Path) -> None:
                 row["label"], (x, row["mean"] * 100), fontsize=6, xytext=(3, 2), textcoords="offset points"
             )
         ax.set_xscale("log")
-        ax.set_xlabel("trainable parameters without the head (head-only plotted at 1)")
-        ax.set_ylabel("held-out test accuracy % (mean over tasks; bars: SE over seeds)")
+        ax.set_xlabel("trainable parameters without the head (head-only, mean adapter + head plotted at 1)")
+        ax.set_ylabel("held-out test accuracy % (mean over tasks; bars: SE over tasks)")
         ax.set_title(f"{regime} data")
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -282,8 +356,8 @@ def plot_bank_size(
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     lines = [
-        "| method | bank size | acc % (mean +- SE over seeds) | minus random same K (pts, paired over "
-        "task x seed, +- SE) |",
+        "| method | bank size | acc % (mean +- SE over tasks) | minus the matched random basis (pts, paired, "
+        "+- SE over tasks) |",
         "|---|---|---|---|",
     ]
     for i, method in enumerate(methods):
@@ -291,17 +365,20 @@ def plot_bank_size(
         xs, ys, es = [], [], []
         k = int(method.split("/")[2][1:]) + int(method.split("/")[3][3:])
         for n in sizes:
-            by_seed = seed_means(rows, method, regime, n, tasks)
-            if not by_seed:
+            by_task = task_means(rows, method, regime, n, tasks)
+            if not by_task:
                 continue
-            mean, _, se, _ = _stats(list(by_seed.values()))
-            d = _stats(paired(rows, method, RANDOM.format(k=k), regime, n, tasks))
+            mean, _, se, _ = _stats(list(by_task.values()))
+            d = _stats(paired(rows, method, matched_random(method, k), regime, n, tasks))
             xs.append(n)
             ys.append(mean * 100)
             es.append((se if not math.isnan(se) else 0) * 100)
-            lines.append(
-                f"| {label(method)} | {n} | {fmt(mean)} +- {fmt(se)} | {d[0] * 100:+.1f} +- {d[2] * 100:.1f} |"
+            gap = (
+                f"{d[0] * 100:+.1f} +- {d[2] * 100:.1f}"
+                if d[3]
+                else f"- (no {label(matched_random(method, k))} run)"
             )
+            lines.append(f"| {label(method)} | {n} | {fmt(mean)} +- {fmt(se)} | {gap} |")
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label(method), color=f"C{i}")
     for ref, style in ((RANDOM.format(k=32), "--"), ("head", ":"), (LORA, "-.")):
         by_seed = seed_means(rows, ref, regime, 0, tasks)
@@ -417,6 +494,10 @@ def render(summary: dict[str, Any], out_dir: Path) -> Path:
     if tables:
         plot_params(tables, out_dir / f"{name}_params.png")
         md += [f"![accuracy vs parameters]({name}_params.png)", ""]
+    for regime in regimes:
+        controls = matched_controls(rows, regime, top, tasks)
+        if controls:
+            md += [f"## Matched controls, {regime} data (bank of {top})", "", *controls, ""]
     for regime in regimes:
         gaps = lora_gaps(rows, regime, tasks)
         md += [f"### Per task, {regime} data (test acc %, mean +- std over seeds)", ""]
@@ -607,10 +688,28 @@ def _targets(
                 md.append(f"- {regime} data, EigenLoRAx {what}: not run.")
                 continue
             ok = row["ratio_to_lora"] >= 0.95
+            head = next((r for r in table if r["method"] == "head"), None)
+            verdict = "met" if ok else "missed"
+            trivial = ""
+            if head is not None:
+                lora_mean = next(r["mean"] for r in table if r["method"] == LORA)
+                gain = (
+                    (row["mean"] - head["mean"]) / (lora_mean - head["mean"])
+                    if lora_mean > head["mean"]
+                    else 0
+                )
+                trivial = (
+                    f"; head only reaches {head['ratio_to_lora'] * 100:.1f}%, and this arm keeps "
+                    f"{gain * 100:.0f}% of LoRA's gain over head only"
+                )
+                h = _stats(paired(rows, row["method"], "head", regime, top, tasks))
+                trivial += f" ({h[0] * 100:+.1f} +- {h[2] * 100:.1f} pts over head only, SE over tasks)"
+                if ok and not h[0] > 2 * h[2]:
+                    verdict = "met on paper, but level with head only: the target does not resolve"
             md.append(
                 f"- {regime} data, best EigenLoRAx {what}: {row['label']} ({row['params']:,} params, "
                 f"{lora_params / max(row['params'], 1):.0f}x fewer) reaches {row['ratio_to_lora'] * 100:.1f}% "
-                f"+- {row['ratio_std'] * 100:.1f} of LoRA r=8: **{'met' if ok else 'missed'}** (target 95%)."
+                f"+- {row['ratio_std'] * 100:.1f} of LoRA r=8{trivial}: **{verdict}** (target 95%)."
             )
         for ref in ("vera/r256", "lora/r1"):
             ref_row = next((r for r in table if r["method"] == ref), None)
@@ -633,20 +732,21 @@ def _targets(
             )
     for method in [m for m in methods_in(rows, "low") if m.startswith("eigen/")]:
         k = int(method.split("/")[2][1:]) + int(method.split("/")[3][3:])
-        d = _stats(paired(rows, method, RANDOM.format(k=k), "low", top, related))
+        d = _stats(paired(rows, method, matched_random(method, k), "low", top, related))
         if d[3] < 2:
             continue
         ok = d[0] > 2 * d[2]
         md.append(
-            f"- low data, tasks with relatives in the bank ({len(related)} tasks), {label(method)} minus random "
-            f"K={k}: {d[0] * 100:+.2f} +- {d[2] * 100:.2f} pts (SE, n={d[3]}): "
+            f"- low data, tasks with relatives in the bank ({len(related)} tasks), {label(method)} minus "
+            f"{label(matched_random(method, k))}: {d[0] * 100:+.2f} +- {d[2] * 100:.2f} pts (SE over tasks, "
+            f"n={d[3]}): "
             f"**{'met' if ok else 'missed'}** (> 2 SE)."
         )
     for method in sweep:
         k = int(method.split("/")[2][1:]) + int(method.split("/")[3][3:])
         sizes = sorted({r["bank_size"] for r in rows if r["method"] == method})
-        gaps = [_stats(paired(rows, method, RANDOM.format(k=k), "low", n, related))[0] for n in sizes]
-        if len(gaps) > 1:
+        gaps = [_stats(paired(rows, method, matched_random(method, k), "low", n, related))[0] for n in sizes]
+        if len(gaps) > 1 and all(math.isfinite(g) for g in gaps):
             slope = np.polyfit(np.log2(sizes), gaps, 1)[0]
             md.append(
                 f"- gap to random grows with bank size ({label(method)}): gaps "
@@ -678,7 +778,7 @@ def _defaults(rows: Rows, tables: dict[str, list[dict]], tasks: Sequence[str], t
         f"Best EigenLoRAx variant on held-out tasks, {regime} data, bank of {top}: **{best['label']}** "
         f"({best['mean'] * 100:.1f}%)."
         + (
-            " Paired differences (best minus each other variant, points +- SE over task x seed):"
+            " Paired differences (best minus each other variant, points +- SE over tasks):"
             if len(eig) > 1
             else " (the only EigenLoRAx variant in this grid)"
         ),
@@ -709,7 +809,7 @@ def cli_default_method() -> str:
 def _cli_default(rows: Rows, tables: dict[str, list[dict]], tasks: Sequence[str], top: int) -> list[str]:
     """Where the CLI's default stands: within noise of the best in low data, and against the random control."""
     method = cli_default_method()
-    rand = "random/" + method.split("/")[2]  # the random basis of the same K ("k32")
+    rand = matched_random(method, int(method.split("/")[2][1:]))  # the random basis with the same start
     md = [f"The CLI's default (`{method}`):", ""]
     for regime, table in tables.items():
         row = next((r for r in table if r["method"] == method), None)
@@ -727,7 +827,9 @@ def _cli_default(rows: Rows, tables: dict[str, list[dict]], tasks: Sequence[str]
             )
         if any(r["method"] == rand for r in table):
             g = _stats(paired(rows, method, rand, regime, top, tasks))
-            line += f"; minus the random basis of the same K: {g[0] * 100:+.1f} +- {g[2] * 100:.1f} pts"
+            line += f"; minus {label(rand)}: {g[0] * 100:+.1f} +- {g[2] * 100:.1f} pts (SE over tasks)"
+        else:
+            line += f"; no matched random control ({label(rand)}) in this run"
         md.append(line + ".")
     md.append("")
     return md

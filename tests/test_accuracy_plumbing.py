@@ -1,5 +1,7 @@
 """Accuracy-benchmark plumbing: which bank adapters a config needs, and the CLI default's method name."""
 
+import numpy as np
+
 from benchmarks import accuracy
 from benchmarks.report import cli_default_method
 
@@ -31,3 +33,70 @@ def test_the_cli_default_is_a_method_the_grid_understands():
         0,
         "bank",
     )
+
+
+def test_matched_init_methods_parse_and_use_the_bank():
+    from benchmarks.report import matched_random
+
+    rand = accuracy.parse_method("random/k32/mean")
+    assert (rand.kind, rand.k, rand.init, rand.r, rand.uses_bank) == ("random", 32, "mean", 8, True)
+    assert not accuracy.parse_method("random/k32").uses_bank
+    assert accuracy.parse_method("random/k32/r1").r == 1
+    mean = accuracy.parse_method("eigen/gauge_free/k32/aug0/mean")
+    assert (mean.init, mean.uses_bank, mean.trains_adapter) == ("mean", True, True)
+    head = accuracy.parse_method("meanhead")
+    assert (head.uses_bank, head.trains_adapter) == (True, False)
+    # the random control of each recycled arm starts where it starts
+    assert matched_random("eigen/gauge_free/k32/aug0/zero", 32) == "random/k32"
+    assert matched_random("eigen/gauge_free/k32/aug0/bank", 32) == "random/k32/mean"
+    assert matched_random("eigen/gauge_free/k32/aug0/mean", 32) == "random/k32/mean"
+
+
+def test_every_method_kind_gets_a_learning_rate_grid_of_the_same_size():
+    config = {
+        "regimes": {"low": {"train": {"lr": 0.005, "head_lr": 0.01}}},
+        "lr_overrides": {},
+        "lr_grid": {"head": [0.01, 0.03], "lora": [0.001, 0.003], "coefficients": [0.005, 0.015]},
+    }
+    grid = {
+        m: accuracy.lr_candidates(config, accuracy.parse_method(m), "low")
+        for m in ("head", "meanhead", "lora/r8", "random/k32/mean", "eigen/gauge_free/k8/aug0/bank")
+    }
+    assert grid["head"] == grid["meanhead"] == [(0.005, 0.01), (0.005, 0.03)]  # the head's lr is tuned
+    assert grid["lora/r8"] == [(0.001, 0.01), (0.003, 0.01)]
+    assert grid["random/k32/mean"] == grid["eigen/gauge_free/k8/aug0/bank"] == [(0.005, 0.01), (0.015, 0.01)]
+    assert accuracy.lr_candidates(config | {"lr_grid": None}, accuracy.parse_method("lora/r8"), "low") == [
+        (0.005, 0.01)
+    ]
+
+
+def test_paired_differences_are_per_task_so_the_se_is_over_tasks():
+    from benchmarks.report import _stats, paired
+
+    rows = []
+    for task, diffs in {"a": (1.0, 3.0), "b": (2.0, 2.0)}.items():
+        for seed, d in enumerate(diffs):
+            rows.append(
+                {
+                    "method": "x",
+                    "task": task,
+                    "seed": seed,
+                    "regime": "low",
+                    "bank_size": 0,
+                    "test_accuracy": 0.5 + d / 100,
+                }
+            )
+            rows.append(
+                {
+                    "method": "y",
+                    "task": task,
+                    "seed": seed,
+                    "regime": "low",
+                    "bank_size": 0,
+                    "test_accuracy": 0.5,
+                }
+            )
+    diffs = paired(rows, "x", "y", "low", 0, ["a", "b"])
+    assert len(diffs) == 2 and np.allclose(diffs, [0.02, 0.02])
+    mean, _, se, n = _stats(diffs)
+    assert (n, round(mean, 6), se) == (2, 0.02, 0.0)  # over task x seed it would have been n=4, SE > 0
