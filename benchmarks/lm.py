@@ -94,6 +94,7 @@ __all__ = [
     "main",
     "paired_ratios",
     "render_report",
+    "run_child",
     "spread",
 ]
 
