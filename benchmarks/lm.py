@@ -1027,7 +1027,15 @@ def render_report(result: dict) -> str:
         lines.append("")
     if "peers" in t:
         p = t["peers"]
-        lines += ["## Peers (benchmarks/lm_peers.py, same run)", "", p["markdown"], ""]
+        lines += [
+            "## Peers (benchmarks/lm_peers.py)",
+            "",
+            "Measured when this table's cache entry was written (its load is in lm.json's meta); compare it with "
+            "latency rows measured at the same load only.",
+            "",
+            p["markdown"],
+            "",
+        ]
         for key, err in p.get("artifacts", {}).get("errors", {}).items():
             lines.append(f"- {key}: not measured: {err}")
         lines.append("")
