@@ -55,6 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.lm_peers import PROMPT_TEXT, status_mib
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "lm"
 CACHE = Path(os.environ.get("EDGE_EIGENLORA_CACHE", Path.home() / ".cache" / "edge-eigenlora"))
@@ -70,15 +72,6 @@ KV_POSITIONS = (16, 240)
 HELD_OUT = 64
 TRAIN_BATCH, TRAIN_SEQ = 8, 64
 TABLES = ("latency", "kv_cache", "per_row", "memory", "bytes", "peers")
-PROMPT_TEXT = (
-    "The harbour town woke slowly. Fishing boats came in with the tide, gulls argued over the nets, and the "
-    "baker on the corner opened his shutters to the smell of bread. Children ran along the sea wall on their "
-    "way to school while the old ferry sounded its horn twice, as it had every morning for forty years. In the "
-    "market square, traders set out crates of apples, cheese wrapped in cloth, and bundles of dried herbs. A "
-    "young woman with a notebook walked from stall to stall, asking each trader the same question: what had "
-    "changed in the town since they were young? Some laughed, some shrugged, and one old man put down his "
-    "knife and began to tell a long story about the winter the harbour froze solid."
-)
 PER_ROW_PROMPTS = (
     'Define the adverb "quickly":',
     'Define the adverb "reluctantly":',
@@ -165,14 +158,6 @@ def _export_time(meta: dict) -> str:
 
 def _mib(n: float) -> str:
     return f"{n / 2**20:.1f}"
-
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _loadavg() -> float:
@@ -585,7 +570,7 @@ def child_main(spec: dict) -> dict:
         from edge_eigenlora.pretrained import SMOLLM2, load_causal_lm
 
         torch.set_num_threads(threads)
-    out: dict[str, Any] = {"import_hwm_mib": _status_mib("VmHWM"), "import_rss_mib": _status_mib("VmRSS")}
+    out: dict[str, Any] = {"import_hwm_mib": status_mib("VmHWM"), "import_rss_mib": status_mib("VmRSS")}
     start = time.perf_counter()
     if kind in ("device_generate", "device_train", "device_train_low_memory"):
         options = (
@@ -651,7 +636,7 @@ def child_main(spec: dict) -> dict:
     else:
         raise ValueError(kind)
     out["work_s"] = time.perf_counter() - start
-    out["peak_mib"] = _status_mib("VmHWM")
+    out["peak_mib"] = status_mib("VmHWM")
     return out
 
 

@@ -73,6 +73,7 @@ __all__ = [
     "LLAMA_CPP_VERSION",
     "ORT_GENAI_VERSION",
     "PEERS_CACHE",
+    "PROMPT_TEXT",
     "build_gguf",
     "build_ortgenai",
     "format_table",
@@ -86,6 +87,7 @@ __all__ = [
     "run_peers",
     "run_scenario",
     "smollm2_folder",
+    "status_mib",
     "summarize",
 ]
 
@@ -507,7 +509,8 @@ def prepare_peers(
 # -------------------------------------------------------------------------------------------- measurement
 
 
-def _status_mib(field: str) -> float:
+def status_mib(field: str) -> float:
+    """A /proc/self/status memory field (VmHWM, VmRSS) in MiB: this process's own, unlike ru_maxrss of children."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -519,7 +522,7 @@ def _child_ortgenai(spec: dict) -> dict:
     import numpy as np
     import onnxruntime_genai as og
 
-    import_rss = _status_mib("VmHWM")
+    import_rss = status_mib("VmHWM")
     t = time.perf_counter()
     config = og.Config(spec["model"])
     opts = {"intra_op_num_threads": spec["threads"], "inter_op_num_threads": 1}
@@ -558,7 +561,7 @@ def _child_ortgenai(spec: dict) -> dict:
         "prefill": prefill,
         "decode": decode,
         "tokens": tokens,
-        "end_rss_mib": _status_mib("VmRSS"),  # while the model is still held
+        "end_rss_mib": status_mib("VmRSS"),  # while the model is still held
     }
 
 
@@ -566,7 +569,7 @@ def _child_llamacpp(spec: dict) -> dict:
     import numpy as np
     from llama_cpp import Llama, llama_get_logits_ith
 
-    import_rss = _status_mib("VmHWM")
+    import_rss = status_mib("VmHWM")
     t = time.perf_counter()
     n = len(spec["prompt"])
     llm = Llama(
@@ -609,14 +612,14 @@ def _child_llamacpp(spec: dict) -> dict:
         "prefill": prefill,
         "decode": decode,
         "tokens": tokens,
-        "end_rss_mib": _status_mib("VmRSS"),  # while the model is still held
+        "end_rss_mib": status_mib("VmRSS"),  # while the model is still held
     }
 
 
 def _child(spec: dict) -> None:
     run = _child_ortgenai if spec["peer"] == "ortgenai" else _child_llamacpp
     r = run(spec)
-    r["peak_rss_mib"] = _status_mib("VmHWM")
+    r["peak_rss_mib"] = status_mib("VmHWM")
     print("RESULT " + json.dumps(r))
 
 

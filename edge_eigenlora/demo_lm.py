@@ -24,6 +24,7 @@ from typing import Any
 
 from edge_eigenlora import bundle as contract
 from edge_eigenlora.basis import SubspaceConfig
+from edge_eigenlora.fileio import write_bytes_atomic
 
 __all__ = ["DATA_DIR", "LmDemoConfig", "run_demo_lm"]
 
@@ -104,9 +105,10 @@ def run_demo_lm(
         model=model,
         tokenizer=tokenizer,
     )
-    if bundle_dir.exists():
+    if bundle_dir.exists():  # the demo's own output of an earlier run (tasks trained into it go with it)
         import shutil
 
+        print(f"  replacing the bundle of an earlier run in {bundle_dir}", flush=True)
         shutil.rmtree(bundle_dir)
     (staging / "bundle").rename(bundle_dir)
     staging.rmdir()
@@ -141,7 +143,7 @@ def run_demo_lm(
     summary["device"] = device
     summary["seconds"]["device"] = time.perf_counter() - t
     summary["seconds"]["total"] = time.perf_counter() - started
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_bytes_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
     _say(5, total, "what changed")
     _print(summary)
     return summary

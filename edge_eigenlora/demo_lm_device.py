@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_eigenlora.fileio import write_bytes_atomic
+
 __all__ = ["DEMO_LM_PROMPTS", "main", "peak_rss_mib", "run_device_half"]
 
 # one prompt per bank task shown in the per-row batch: (task, prompt)
@@ -130,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_device_half(
         args.bundle, args.train_file, args.heldout_file, steps=args.steps, threads=args.threads
     )
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_bytes_atomic(Path(args.out), json.dumps(report, indent=2).encode())
     return 0
 
 

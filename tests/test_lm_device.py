@@ -40,7 +40,11 @@ from edge_eigenlora.runtime.tokenize import TruncationWarning
 from edge_eigenlora.runtime.trainer import DeviceTrainConfig
 from edge_eigenlora.task import load_task, save_task
 from tests.helpers import random_adapter_dirs, tiny_llama_bank_dirs, tiny_llama_model
-from tests.test_runtime import BLOCK_TORCH, tiny  # noqa: F401  (a classification bundle for the refusals)
+from tests.test_runtime import (  # noqa: F401  (a classification bundle for the refusals)
+    BLOCK_TORCH,
+    _cli,
+    tiny,
+)
 
 RANK, K = 4, 6
 ROOT = Path(__file__).resolve().parents[1]
@@ -362,19 +366,6 @@ def test_lm_trainer_refusals(lm, tiny):  # noqa: F811
 # ---------------------------------------------------------------------------------------------------
 # the CLI (torch made unimportable), SIGKILL + resume
 # ---------------------------------------------------------------------------------------------------
-
-
-def _cli(args, tmp_path, block=True, **kw):
-    env = dict(os.environ)
-    paths = [str(ROOT)]
-    if block:
-        site = tmp_path / "site"
-        site.mkdir(exist_ok=True)
-        (site / "sitecustomize.py").write_text(BLOCK_TORCH)
-        paths.insert(0, str(site))
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    cmd = [sys.executable, "-m", "edge_eigenlora.runtime", *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, **kw)
 
 
 def test_cli_train_then_generate_json_and_stream_without_torch(lm, tmp_path):
