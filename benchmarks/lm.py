@@ -1,8 +1,8 @@
 """Decoder LMs on the device, measured on the real SmolLM2-135M-Instruct (issue 12): latency, the KV cache,
 per-row tasks, memory, bytes and the quantized bundles' quality, and the peers, in one run.
 
-    python -m benchmarks.lm [--quick] [--fresh] [--no-peers]        # results in benchmarks/results/lm/
-        [--graphs shared per_row merged train_step] [--stand-in-bank]
+    python -m benchmarks.lm [--quick] [--fresh [TABLE ...]] [--no-peers]   # results in benchmarks/results/lm/
+        [--graphs shared per_row merged train_step factored] [--stand-in-bank]
 
 --graphs: the fp32 graphs to export (default all four; each SmolLM2 graph is a torch export of 10-35 minutes
 on a shared 2-core machine); a table that needs a graph left out is reported as not measured.
@@ -17,10 +17,12 @@ verb_definitions task folded into the weights, train_step), and the int8 (weight
 and int4 (4-bit base + 4-bit basis) bundles derived from it without torch (shared + merged each).
 
 Tables (each one interleaved run with its control; each table's JSON is cached as it completes, so an
-interrupted run resumes; --fresh re-measures):
+interrupted run resumes; --fresh re-measures all, --fresh latency only that table):
     latency    prefill ms of a 128-token prompt and decode ms/token at batch 1, 1 and 2 threads: base (the
                merged graph: the base model's graph with delta W folded in, the same compute as the base),
-               unmerged shared fp32, a second session of it (the control), shared and merged int8 / int4.
+               unmerged shared fp32, a second session of it (the control), shared and merged int8 / int4, and
+               (graph "factored": its own torch export, int8 / int4 derived) the factored graph, whose
+               factors the runtime forms once per task and binds for the whole generation.
                Every config runs once per round in a new random order; ratios are per round (paired).
     kv_cache   decode ms at positions 16 and 240 with the cache kept in onnxruntime (IO binding) against
                the control that passes it through numpy at every step, and attention's arithmetic growth.
@@ -64,7 +66,7 @@ BANK_ROOT = CACHE / "demo_lm" / "bank"
 BENCH_CACHE = CACHE / "lm_bench"
 K, RANK = 16, 8
 MERGED_TASK = "verb_definitions"  # the bank's first task; a stand-in bank's first adapter (see configure())
-GRAPHS = ("shared", "per_row", "merged", "train_step")
+GRAPHS = ("shared", "per_row", "merged", "train_step", "factored")
 STAND_IN = ("stand_in_a", "stand_in_b", "stand_in_c")
 MEAN_TASK = "mean_of_bank"
 PROMPT_TOKENS = 128
@@ -221,7 +223,8 @@ def prepare(stand_in: bool = False, graphs: tuple[str, ...] = GRAPHS) -> Path:
     merged_task = folders[0].name
     bank = load_bank(folders)
     basis = fit_basis(bank, SubspaceConfig(k=K, clip_k=True), progress=False)
-    short = {"shared": "s", "per_row": "p", "merged": "m", "train_step": "t"}
+    short = {"shared": "s", "per_row": "p", "merged": "m", "train_step": "t", "factored": ""}
+    # the factored bundles are exported apart (fp32_factored, ...): adding them keeps the others' folder
     root = BENCH_CACHE / f"{basis.short_id}-k{K}-r{RANK}-{''.join(short[g] for g in graphs)}"
     root.mkdir(parents=True, exist_ok=True)
     setup = {"bank": [str(f) for f in folders], "stand_in": stand_in, "merged_task": merged_task}
@@ -279,6 +282,8 @@ def prepare(stand_in: bool = False, graphs: tuple[str, ...] = GRAPHS) -> Path:
         (root / "export_seconds.json").write_text(json.dumps({"fp32": time.perf_counter() - start}))
 
     fp32 = _atomic_dir(root / "fp32", export_fp32)
+    if "factored" in graphs:
+        _prepare_factored(root, basis_path, task_paths)
     for mode in ("int8", "int4"):
         config = ExportConfig(
             rank=RANK,
@@ -290,6 +295,31 @@ def prepare(stand_in: bool = False, graphs: tuple[str, ...] = GRAPHS) -> Path:
         )
         _atomic_dir(root / mode, lambda tmp, c=config: derive_bundle(fp32, tmp, config=c))
     return root
+
+
+def _prepare_factored(root: Path, basis_path: Path, task_paths: list[Path]) -> None:
+    """The factored graph (factors fed, formed once per task switch) and its factors graph: one more torch
+    export (fp32_factored), and int8 / int4 derived from it with the same recipes as the shared bundles."""
+    from edge_eigenlora.export import ExportConfig, derive_bundle, export_bundle
+    from edge_eigenlora.pretrained import SMOLLM2, load_causal_lm
+
+    def export(tmp: Path) -> None:
+        model, tokenizer = load_causal_lm(SMOLLM2)
+        start = time.perf_counter()
+        config = ExportConfig(
+            rank=RANK, kind="causal_lm", variants=("factored",), basis_quant="none", base_quant="none"
+        )
+        export_bundle(
+            SMOLLM2, basis_path, tmp, tasks=task_paths, model=model, tokenizer=tokenizer, config=config
+        )
+        (root / "export_seconds_factored.json").write_text(json.dumps({"fp32": time.perf_counter() - start}))
+
+    fp32 = _atomic_dir(root / "fp32_factored", export)
+    for mode in ("int8", "int4"):
+        config = ExportConfig(
+            rank=RANK, kind="causal_lm", variants=("factored",), basis_quant=mode, base_quant=mode
+        )
+        _atomic_dir(root / f"{mode}_factored", lambda tmp, c=config: derive_bundle(fp32, tmp, config=c))
 
 
 def configure(root: Path) -> dict:
@@ -373,6 +403,17 @@ LATENCY_CONFIGS = (
     ("base (merged) int4", "int4", None),
     ("unmerged shared int4", "int4", True),
 )
+# the factored graph: each task's factors formed once (by the factors graph) and fed to every step
+FACTORED_CONFIGS = (
+    ("unmerged factored fp32", "fp32_factored", True),
+    ("unmerged factored int8", "int8_factored", True),
+    ("unmerged factored int4", "int4_factored", True),
+)
+
+
+def latency_configs(root: Path) -> tuple[tuple[str, str, Any], ...]:
+    """The latency table's arms: the factored ones when the factored bundles were prepared."""
+    return LATENCY_CONFIGS + (FACTORED_CONFIGS if (root / "fp32_factored").is_dir() else ())
 
 
 def _timed_generate(rt: Any, prompt: str, task: Any, tokens: int) -> tuple[float, float, list[int]]:
@@ -386,20 +427,21 @@ def _timed_generate(rt: Any, prompt: str, task: Any, tokens: int) -> tuple[float
 
 def table_latency(root: Path, s: Settings) -> dict:
     per_threads = {}
+    configs = latency_configs(root)
     for threads in s.threads:
-        session_order = list(range(len(LATENCY_CONFIGS)))
+        session_order = list(range(len(configs)))
         random.Random(threads).shuffle(session_order)
         runtimes: dict[str, Any] = {}
         for i in session_order:  # sessions opened in a random order
-            name, b, task = LATENCY_CONFIGS[i]
+            name, b, task = configs[i]
             runtimes[name] = _runtime(root / b, threads)
         prompt = exact_prompt(next(iter(runtimes.values())), PROMPT_TOKENS)
         tokens = {}
-        for name, _, task in LATENCY_CONFIGS:  # warm-up: sessions created, first runs done
+        for name, _, task in configs:  # warm-up: sessions created, first runs done
             tokens[name] = _timed_generate(runtimes[name], prompt, task, 2)[2]
         rounds = []
         for number in range(s.rounds):
-            order = list(LATENCY_CONFIGS)
+            order = list(configs)
             random.Random(1000 * threads + number).shuffle(order)
             row: dict[str, float] = {"loadavg": _loadavg()}
             for name, _, task in order:
@@ -409,7 +451,7 @@ def table_latency(root: Path, s: Settings) -> dict:
             rounds.append(row)
             print(
                 f"latency t{threads} round {number + 1}/{s.rounds}: "
-                + ", ".join(f"{n} {row[f'{n}|decode']:.1f}" for n, _, _ in LATENCY_CONFIGS)
+                + ", ".join(f"{n} {row[f'{n}|decode']:.1f}" for n, _, _ in configs)
                 + " ms/token",
                 flush=True,
             )
@@ -418,13 +460,23 @@ def table_latency(root: Path, s: Settings) -> dict:
                 "prefill_ms": spread([r[f"{name}|prefill"] for r in rounds]),
                 "decode_ms": spread([r[f"{name}|decode"] for r in rounds]),
             }
-            for name, _, _ in LATENCY_CONFIGS
+            for name, _, _ in configs
         }
         ratios = {}
         for mode in ("fp32", "int8", "int4"):
             for metric in ("decode", "prefill"):
                 ratios[f"unmerged/base {mode} {metric}"] = paired_ratios(
                     rounds, f"unmerged shared {mode}|{metric}", f"base (merged) {mode}|{metric}"
+                )
+        for mode in ("fp32", "int8", "int4"):
+            if f"unmerged factored {mode}" not in summary:
+                continue
+            for metric in ("decode", "prefill"):
+                ratios[f"factored/base {mode} {metric}"] = paired_ratios(
+                    rounds, f"unmerged factored {mode}|{metric}", f"base (merged) {mode}|{metric}"
+                )
+                ratios[f"factored/shared {mode} {metric}"] = paired_ratios(
+                    rounds, f"unmerged factored {mode}|{metric}", f"unmerged shared {mode}|{metric}"
                 )
         for metric in ("decode", "prefill"):
             ratios[f"control/unmerged fp32 {metric}"] = paired_ratios(
@@ -438,9 +490,13 @@ def table_latency(root: Path, s: Settings) -> dict:
             "rounds": rounds,
             "summary": summary,
             "ratios": ratios,
-            "session_order": [LATENCY_CONFIGS[i][0] for i in session_order],
+            "session_order": [configs[i][0] for i in session_order],
             "same_tokens_unmerged_vs_merged_fp32": tokens["unmerged shared fp32"]
             == tokens["base (merged) fp32"],
+            "same_tokens_factored_vs_shared_fp32": tokens.get("unmerged factored fp32")
+            == tokens["unmerged shared fp32"]
+            if "unmerged factored fp32" in tokens
+            else None,
         }
         del runtimes
     return {"prompt_tokens": PROMPT_TOKENS, "decode_tokens": s.decode_tokens, "threads": per_threads}
@@ -871,8 +927,10 @@ def render_report(result: dict) -> str:
             f"## Latency: prefill of a {lat['prompt_tokens']}-token prompt, decode at batch 1",
             "",
             "base = the merged graph: the base model's graph with delta W folded into the weights, the same "
-            "compute as the base model. unmerged = the shared graph: coefficients fed as an input. The control "
-            "is a second session of the unmerged fp32 graph. Ratios are within each round.",
+            "compute as the base model. unmerged shared = the shared graph: coefficients fed as an input, the "
+            "factors formed from them in the graph at every call. unmerged factored = the factored graph: the "
+            "runtime forms each task's factors once (the factors graph) and binds them for the whole generation. "
+            "The control is a second session of the unmerged shared fp32 graph. Ratios are within each round.",
             "",
             "| config | threads | prefill ms | decode ms/token |",
             "|---|---|---|---|",
@@ -895,12 +953,21 @@ def render_report(result: dict) -> str:
         lines += ["", "Target: unmerged decode at most 1.05x base."]
         for threads, r in lat["threads"].items():
             ratio, ctl = r["ratios"]["unmerged/base fp32 decode"], r["ratios"]["control/unmerged fp32 decode"]
-            met = ratio["median"] <= 1.05
+            factored = r["ratios"].get("factored/base fp32 decode")
+            best = factored or ratio
             lines.append(
-                f"- {threads} thread(s): unmerged fp32 decode {ratio['median']:.3f}x base "
-                f"({'met' if met else 'NOT met'}); the control's spread {ctl['min']:.3f}-{ctl['max']:.3f}; "
-                f"greedy tokens of unmerged and merged fp32 "
-                f"{'equal' if r['same_tokens_unmerged_vs_merged_fp32'] else 'differ'}."
+                f"- {threads} thread(s): unmerged fp32 decode "
+                + (f"{factored['median']:.3f}x base with the factored graph, " if factored else "")
+                + f"{ratio['median']:.3f}x with the shared graph "
+                f"({'met' if best['median'] <= 1.05 else 'NOT met'}); the control's spread "
+                f"{ctl['min']:.3f}-{ctl['max']:.3f}; greedy tokens of unmerged and merged fp32 "
+                f"{'equal' if r['same_tokens_unmerged_vs_merged_fp32'] else 'differ'}"
+                + (
+                    f", of factored and shared {'equal' if r['same_tokens_factored_vs_shared_fp32'] else 'differ'}"
+                    if factored
+                    else ""
+                )
+                + "."
             )
         lines.append("")
     if "kv_cache" in t:
@@ -1035,7 +1102,13 @@ def render_report(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few rounds and tokens: a smoke test")
-    parser.add_argument("--fresh", action="store_true", help="re-measure every table (ignore cached tables)")
+    parser.add_argument(
+        "--fresh",
+        nargs="*",
+        choices=TABLES,
+        default=None,
+        help="re-measure these tables (no names: every table) instead of reading them from the cache",
+    )
     parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES)
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument(
@@ -1097,7 +1170,8 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [n for n in args.tables if not (n == "peers" and args.no_peers)]
     for name in TABLES:
         path = cached / f"{name}.json"
-        if path.is_file() and not args.fresh:
+        fresh = args.fresh is not None and (not args.fresh or name in args.fresh)
+        if path.is_file() and not fresh:
             data = json.loads(path.read_text())
             if data.get("key") == key:
                 tables[name], seconds[name] = data["table"], data["seconds"]

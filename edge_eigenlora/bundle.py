@@ -55,6 +55,10 @@ __all__ = [
     "GraphEntry",
     "HEAD_BIAS",
     "HEAD_WEIGHT",
+    "FACTORED",
+    "FACTORS",
+    "FACTOR_A",
+    "FACTOR_B",
     "INFERENCE_VARIANTS",
     "INPUT_IDS",
     "KINDS",
@@ -90,6 +94,7 @@ __all__ = [
     "check_task_name",
     "graph_bytes",
     "graph_file",
+    "factor_names",
     "graph_input_names",
     "graph_output_names",
     "inside_bundle",
@@ -116,10 +121,13 @@ WEIGHTS_FILE = "weights.data"
 OPSET = 18
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-# Graph variants.
+# Graph variants. "factored" takes each adapted module's factors A^T, B^T as inputs instead of the
+# coefficients: the runtime forms them once per task switch with the "factors" graph (coefficients -> factors,
+# the basis inside), so no call re-forms them; export writes "factors" whenever it writes "factored".
 SHARED, PER_ROW, MERGED, TRAIN_STEP = "shared", "per_row", "merged", "train_step"
-INFERENCE_VARIANTS: tuple[str, ...] = (SHARED, PER_ROW, MERGED)
-VARIANTS: tuple[str, ...] = INFERENCE_VARIANTS + (TRAIN_STEP,)
+FACTORED, FACTORS = "factored", "factors"
+INFERENCE_VARIANTS: tuple[str, ...] = (SHARED, PER_ROW, MERGED, FACTORED)
+VARIANTS: tuple[str, ...] = INFERENCE_VARIANTS + (FACTORS, TRAIN_STEP)
 KINDS: tuple[str, ...] = ("classification", "causal_lm")
 
 # Graph input and output names (the names optimum / transformers.js use where one exists).
@@ -132,6 +140,9 @@ POSITION_IDS = "position_ids"
 PAST_KEY, PAST_VALUE = "past_key_values.{}.key", "past_key_values.{}.value"
 PRESENT_KEY, PRESENT_VALUE = "present.{}.key", "present.{}.value"
 IGNORE_INDEX = -100  # a causal-LM label that takes no loss (prompt and padding tokens)
+# The factored graph's inputs (the factors graph's outputs): for module j of the layout's sorted modules,
+# A_j^T [d_in, r] and B_j^T [r, d_out], what the shared graph forms from the coefficients on every call.
+FACTOR_A, FACTOR_B = "factor_a.{}", "factor_b.{}"
 # Initializer-name suffixes of the (transposed) basis tensors inside a graph: quantization finds them by these.
 BASIS_SUFFIXES: tuple[str, ...] = (".U_A_t", ".U_B_t")
 
@@ -150,6 +161,19 @@ def cache_output_names(num_layers: int) -> tuple[str, ...]:
     return tuple(n.format(i) for i in range(num_layers) for n in (PRESENT_KEY, PRESENT_VALUE))
 
 
+def factor_names(num_modules: int) -> tuple[str, ...]:
+    """factor_a.{j}, factor_b.{j} for every adapted module j (the layout's sorted order), module by module."""
+    return tuple(n.format(j) for j in range(num_modules) for n in (FACTOR_A, FACTOR_B))
+
+
+def _factor_count(variant: str, num_modules: int | None) -> int:
+    if not num_modules:
+        raise EdgeEigenLoraError(
+            f"the {variant} graph carries one factor pair per adapted module: give num_modules to name them."
+        )
+    return num_modules
+
+
 def train_params(kind: str) -> tuple[str, ...]:
     """The train step's trainable inputs: coefficients, and the head for a classifier."""
     return TRAIN_PARAMS if kind == "classification" else (COEFFICIENTS,)
@@ -165,12 +189,18 @@ def _decoder_layers(kind: str, variant: str, num_layers: int | None) -> int:
     return num_layers
 
 
-def graph_input_names(kind: str, variant: str, num_layers: int | None = None) -> tuple[str, ...]:
+def graph_input_names(
+    kind: str, variant: str, num_layers: int | None = None, num_modules: int | None = None
+) -> tuple[str, ...]:
     """The contract's input names, in order, for one kind of model and one variant.
 
     A causal-LM inference graph is the step graph (prefill with an empty past, then one token at a time):
-    input_ids, attention_mask (past + new), position_ids, the past cache of `num_layers` layers.
+    input_ids, attention_mask (past + new), position_ids, the past cache of `num_layers` layers. The factored
+    graph takes `num_modules` factor pairs where the others take coefficients; the factors graph takes only
+    the coefficients.
     """
+    if variant == FACTORS:
+        return (COEFFICIENTS,)
     tokens = (INPUT_IDS, ATTENTION_MASK)
     layers = _decoder_layers(kind, variant, num_layers)
     if layers:
@@ -180,11 +210,17 @@ def graph_input_names(kind: str, variant: str, num_layers: int | None = None) ->
         return tokens
     if variant == TRAIN_STEP:
         return tokens + (LABELS, COEFFICIENTS) + head
+    if variant == FACTORED:
+        return tokens + factor_names(_factor_count(variant, num_modules)) + head
     return tokens + (COEFFICIENTS,) + head
 
 
-def graph_output_names(kind: str, variant: str, num_layers: int | None = None) -> tuple[str, ...]:
+def graph_output_names(
+    kind: str, variant: str, num_layers: int | None = None, num_modules: int | None = None
+) -> tuple[str, ...]:
     """A causal-LM train step returns no logits (a [batch, seq, vocab] output would dwarf the step)."""
+    if variant == FACTORS:
+        return factor_names(_factor_count(variant, num_modules))
     if variant == TRAIN_STEP:
         grads = tuple(GRAD_PREFIX + p for p in train_params(kind))
         return (LOSS, LOGITS) + grads if kind == "classification" else (LOSS,) + grads
@@ -775,6 +811,12 @@ class Manifest:
         seen = [g.variant for g in graphs]
         if len(set(seen)) != len(seen):
             raise _bad(where, "graphs", f"lists a variant twice ({seen})")
+        if FACTORED in seen and FACTORS not in seen:
+            raise _bad(
+                where,
+                "graphs",
+                f"has the {FACTORED!r} graph without the {FACTORS!r} graph that forms its inputs; re-export both",
+            )
         files = r.raw("files")
         if not isinstance(files, dict) or not all(
             isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) for v in files.values()

@@ -9,7 +9,7 @@ One graph serves prefill (past of length 0) and every decode step. The attention
 taken from transformers' cache classes, so the graph's inputs are plain tensors: the runtime keeps each
 layer's present as an onnxruntime value and feeds it back as the next past, never through numpy. The
 adapted projections are the export adapters of `graph_modules` (coefficients per call, shared or per row),
-or the base Linears with delta W folded in (merged).
+the factored graph's adapters (A^T, B^T fed as inputs), or the base Linears with delta W folded in (merged).
 """
 
 from __future__ import annotations
@@ -22,7 +22,16 @@ from torch import nn
 from edge_eigenlora import bundle as contract
 from edge_eigenlora.basis import Basis
 from edge_eigenlora.errors import EdgeEigenLoraError
-from edge_eigenlora.graph_modules import CoefficientFeed, adapter_copy, merged_copy, to_onnx
+from edge_eigenlora.graph_modules import (
+    CoefficientFeed,
+    FactorFeed,
+    adapter_copy,
+    build_factor_graph,
+    factor_example_inputs,
+    factored_copy,
+    merged_copy,
+    to_onnx,
+)
 from edge_eigenlora.onnx_tools import rename_dynamic_dims
 from edge_eigenlora.task import Task
 
@@ -61,7 +70,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class DecoderStepGraph(nn.Module):
     """A Llama-family causal LM as one prefill/decode step with the cache as inputs and outputs."""
 
-    def __init__(self, model: nn.Module, feed: CoefficientFeed | None = None) -> None:
+    def __init__(self, model: nn.Module, feed: CoefficientFeed | FactorFeed | None = None) -> None:
         super().__init__()
         self.model = model
         self.feed = feed
@@ -80,7 +89,7 @@ class DecoderStepGraph(nn.Module):
         layers = self.model.model.layers
         past, extra = rest[: 2 * len(layers)], rest[2 * len(layers) :]
         if self.feed is not None:
-            self.feed.set_coefficients(extra[0])
+            self.feed.take(extra)
         hidden = self.model.model.embed_tokens(input_ids)
         cos, sin = self.model.model.rotary_emb(hidden, position_ids)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [batch, 1, seq, head_dim]
@@ -160,7 +169,11 @@ def decoder_example_inputs(
     auto = torch.export.Dim.AUTO
     rest: list[Any] = [{0: auto, 2: auto} for _ in cache]
     args: tuple = (ids, mask, positions, *cache)
-    if variant != contract.MERGED:
+    if variant == contract.FACTORED:
+        factors = factor_example_inputs(model, layout)
+        args += tuple(factors)
+        rest += [None] * len(factors)
+    elif variant != contract.MERGED:
         per_row = variant == contract.PER_ROW
         coeffs = torch.randn((batch, layout.size) if per_row else (layout.size,), generator=g) * 0.01
         args += (coeffs,)
@@ -203,13 +216,19 @@ def build_decoder_graph(
         if task is None:
             raise EdgeEigenLoraError("the merged variant needs a task to fold.")
         module = DecoderStepGraph(merged_copy(model, task)).eval()
+    elif variant == contract.FACTORS:
+        return build_factor_graph(model, basis, rank), layout
+    elif variant == contract.FACTORED:
+        copy = factored_copy(model)
+        module = DecoderStepGraph(copy, FactorFeed(copy, layout)).eval()
     else:
         copy = adapter_copy(model)
         module = DecoderStepGraph(copy, CoefficientFeed(copy, layout, variant == contract.PER_ROW)).eval()
     args, shapes = decoder_example_inputs(model, variant, layout)
     layers = decoder_shape(model).num_layers
-    inputs = list(contract.graph_input_names("causal_lm", variant, layers))
-    outputs = list(contract.graph_output_names("causal_lm", variant, layers))
+    modules = len(layout.modules)
+    inputs = list(contract.graph_input_names("causal_lm", variant, layers, modules))
+    outputs = list(contract.graph_output_names("causal_lm", variant, layers, modules))
     proto = to_onnx(module, args, shapes, inputs, outputs, optimize=False)
     name_decoder_dims(proto, layers)
     return proto, layout

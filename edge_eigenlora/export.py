@@ -52,7 +52,8 @@ class ExportConfig:
     rank: r of every task in the bundle (one rank per bundle).
     kind: "classification" (encoder + mean pooling + head inputs) or "causal_lm" (the step graph: logits over
         the vocabulary and the KV cache in and out, see `decoder_graph`); "auto" reads the model config (architectures ending in ForCausalLM -> causal_lm).
-    variants: inference graphs to build; "merged" needs `merged_task` (a task name among the exported tasks).
+    variants: inference graphs to build; "merged" needs `merged_task` (a task name among the exported tasks);
+        "factored" (factors fed as inputs, formed once per task switch) brings its "factors" graph with it.
     basis_quant / base_quant: "none", "int8" (basis: per-channel DequantizeLinear; base: dynamic int8
         MatMulInteger) or "int4" (MatMulNBits, block `block_size`).
     precision: "fp32" or "fp16" (fp16 for GPU execution providers; inputs and outputs stay float32).
@@ -144,7 +145,7 @@ def export_bundle(
     for t, p in zip(loaded, tasks, strict=True):
         contract.check_task_fits(t, layout, kind, hidden, where=str(p))
     graphs = {}
-    for variant in config.variants:
+    for variant in _graph_variants(config.variants):
         task = _merged_task(config, loaded) if variant == contract.MERGED else None
         if kind == "causal_lm":
             proto, _ = build_decoder_graph(model, basis, config.rank, variant, task=task)
@@ -218,7 +219,7 @@ def derive_bundle(
         raise EdgeEigenLoraError(
             f"{src}: the bundle has rank {manifest.layout.rank}; set ExportConfig.rank to it."
         )
-    wanted = list(config.variants) + ([contract.TRAIN_STEP] if config.train_step else [])
+    wanted = _graph_variants(config.variants) + ([contract.TRAIN_STEP] if config.train_step else [])
     graphs = {}
     for variant in wanted:
         entry = manifest.graph(variant)
@@ -261,13 +262,26 @@ def _new_bundle_folder(out_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _graph_variants(variants: Sequence[str]) -> list[str]:
+    """The graphs that `variants` need: the factored graph brings the factors graph that forms its inputs."""
+    out = list(variants)
+    if contract.FACTORED in out:
+        out.insert(out.index(contract.FACTORED) + 1, contract.FACTORS)
+    return out
+
+
+def _has_basis(variant: str) -> bool:
+    return variant not in (contract.MERGED, contract.FACTORED)
+
+
 def _transform(proto: Any, variant: str, config: ExportConfig, kind: str) -> Any:
-    """Quantize the basis (not in a merged graph, which has none) and the base, or convert to fp16."""
-    if variant != contract.MERGED:
+    """Quantize the basis (where there is one) and the base (where there is one), or convert to fp16."""
+    if _has_basis(variant):
         proto = quantize.quantize_basis(proto, config.basis_quant, block_size=config.block_size)
-    proto = quantize.quantize_base(
-        proto, config.base_quant, block_size=config.block_size, decoder=kind == "causal_lm"
-    )
+    if variant != contract.FACTORS:
+        proto = quantize.quantize_base(
+            proto, config.base_quant, block_size=config.block_size, decoder=kind == "causal_lm"
+        )
     if config.precision == "fp16":
         proto = quantize.to_fp16(proto)
     return clean_model(proto)
@@ -276,8 +290,9 @@ def _transform(proto: Any, variant: str, config: ExportConfig, kind: str) -> Any
 def _quantization(variant: str, config: ExportConfig) -> contract.Quantization:
     if variant == contract.TRAIN_STEP:
         return contract.Quantization()
-    basis = config.basis_quant if variant != contract.MERGED else "none"
-    return contract.Quantization(basis, config.base_quant, config.precision, config.block_size)
+    basis = config.basis_quant if _has_basis(variant) else "none"
+    base = config.base_quant if variant != contract.FACTORS else "none"
+    return contract.Quantization(basis, base, config.precision, config.block_size)
 
 
 def _merged_task(config: ExportConfig, loaded: list[Task]) -> Task:

@@ -52,7 +52,10 @@ def llama(tmp_path_factory, minilm):
         root / "fp32",
         tasks=list(tasks.values()),
         config=ExportConfig(
-            rank=RANK, variants=("shared", "per_row", "merged"), basis_quant="none", merged_task="lm1"
+            rank=RANK,
+            variants=("shared", "per_row", "merged", "factored"),
+            basis_quant="none",
+            merged_task="lm1",
         ),
     )
     mobile = derive_bundle(  # no second torch export: quantize the fp32 bundle's graph
@@ -124,6 +127,59 @@ def test_per_row_and_merged_decoder(llama):
         assert np.max(np.abs(got[i] - llama["torch"][name][i])[real[i]]) < 1e-4
     merged = _full(llama["fp32"], llama["ids"])  # no task: the merged graph (lm1 folded)
     assert np.max(np.abs(merged - llama["torch"]["lm1"])[real]) < 1e-4
+
+
+def test_factored_graph_takes_factors_formed_once_and_equals_the_shared_graph(llama):
+    manifest = bundle.verify_bundle(llama["fp32"])
+    factored, factors = manifest.graph("factored"), manifest.graph("factors")
+    names = bundle.factor_names(len(manifest.layout.modules))
+    assert factored.input_names[-len(names) :] == names and "coefficients" not in factored.input_names
+    assert factors.input_names == ("coefficients",) and factors.output_names == names
+    assert manifest.layout.modules[-1] == "model.layers.1.self_attn.v_proj"  # sorted: its factors come last
+    assert factored.inputs[-2].shape == (64, RANK) and factored.inputs[-1].shape == (RANK, 32)  # kv width 32
+    graph = onnx.load(str(llama["fp32"] / "model_factored.onnx"), load_external_data=False)
+    assert not [i.name for i in graph.graph.initializer if i.name.endswith(bundle.BASIS_SUFFIXES)]  # no basis
+    rows = per_token_matmul_widths(graph)
+    assert [r for r in rows if any(s and K in s for s in r[2])] == []
+    rt, control = _runtime(llama["fp32"]), type(_runtime(llama["fp32"]))(llama["fp32"], factored=False)
+    assert rt.uses_factored and not control.uses_factored
+    real = llama["ids"]["attention_mask"].astype(bool)
+    for name in ("lm0", "lm1", "lm0"):  # task switches on one session
+        got = rt.forward(llama["ids"]["input_ids"], llama["ids"]["attention_mask"], task=name)
+        assert np.max(np.abs(got - llama["torch"][name])[real]) < 1e-4
+        shared = control.forward(llama["ids"]["input_ids"], llama["ids"]["attention_mask"], task=name)
+        assert np.max(np.abs(got - shared)) < 1e-5
+    stats: dict = {}
+    a = rt.generate(TEXTS, task="lm1", max_new_tokens=6, chat=False, eos=(), stats=stats)
+    b = control.generate(TEXTS, task="lm1", max_new_tokens=6, chat=False, eos=())
+    assert stats["variant"] == "factored" and [g.token_ids for g in a] == [g.token_ids for g in b]
+
+
+def test_factored_bundle_quantizes_the_basis_in_the_factors_graph(llama, tmp_path):
+    root = derive_bundle(
+        llama["fp32"],
+        tmp_path / "int8f",
+        config=ExportConfig(rank=RANK, variants=("factored",), basis_quant="int8", base_quant="int8"),
+    )
+    manifest = bundle.verify_bundle(root)
+    assert manifest.variants == ("factored", "factors")
+    assert manifest.graph("factors").quantization.basis == "int8"
+    assert manifest.graph("factored").quantization.base == "int8"
+    assert "DequantizeLinear" in op_counts(onnx.load(str(root / "model_factors.onnx")))
+    got = _full(root, llama["ids"], task="lm0")
+    real = llama["ids"]["attention_mask"].astype(bool)
+    assert quantize.relative_error(llama["torch"]["lm0"][real], got[real]) < 0.02
+
+
+def test_a_factored_graph_without_its_factors_graph_is_refused(llama, tmp_path):
+    import shutil
+
+    root = shutil.copytree(llama["fp32"], tmp_path / "broken")
+    data = json.loads((root / "manifest.json").read_text())
+    data["graphs"] = [g for g in data["graphs"] if g["variant"] != "factors"]
+    (root / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(Exception, match="'factored' graph without the 'factors' graph"):
+        bundle.read_manifest(root)
 
 
 def test_decoder_graph_has_no_per_token_k_matmul(llama):
@@ -224,7 +280,7 @@ def test_batched_left_padded_and_per_row_generation_equal_one_prompt_at_a_time(l
     rows = rt.generate(PROMPTS[:3], tasks=tasks, max_new_tokens=10, eos=())
     assert [g.token_ids for g in rows] == [alone[(p, t)] for p, t in zip(PROMPTS[:3], tasks, strict=True)]
     assert [g.task for g in rows] == tasks
-    assert set(rt._sessions) == {"shared", "per_row"}  # a task switch reused the sessions
+    assert set(rt._sessions) == {"factored", "factors", "per_row"}  # a task switch reused the sessions
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(llama):

@@ -60,7 +60,7 @@ def exported(tmp_path_factory, minilm, minilm_bank_dirs):
             torch_logits[f"t{i}"] = clf(batch["input_ids"], batch["attention_mask"]).numpy()
         paths[f"t{i}"] = save_task(task_from_model(clf, f"t{i}"), root / f"t{i}.safetensors")
     config = ExportConfig(
-        rank=RANK, variants=("shared", "per_row", "merged"), basis_quant="none", merged_task="t0"
+        rank=RANK, variants=("shared", "per_row", "merged", "factored"), basis_quant="none", merged_task="t0"
     )
     out = export_bundle(
         "sentence-transformers/all-MiniLM-L6-v2",
@@ -163,6 +163,36 @@ def test_efficient_adapter_form_is_exported(exported):
     r_sized = [r for r in rows if any(s and RANK in s for s in r[2])]
     assert len(r_sized) == 2 * 12  # x @ A^T (d_in x r) and h @ B^T (r x d_out), once per adapted module
     assert len(basis_nodes(model)) == 2 * 12  # factor-forming matmuls: once per call, not per token
+
+
+def test_factored_graph_forms_no_factor_per_call_and_equals_torch(exported, tmp_path):
+    from edge_eigenlora.export import derive_bundle
+    from edge_eigenlora.runtime import DeviceRuntime
+
+    model = onnx.load(str(exported["dir"] / "model_factored.onnx"))
+    assert basis_nodes(model) == []  # the factors arrive as inputs: nothing forms them per call
+    counts = op_counts(model)
+    assert (
+        counts["MatMul"] + counts.get("Gemm", 0) == 48 + 1 + 2 * 12
+    )  # base + head + x A^T, h B^T per module
+    rt, control = DeviceRuntime(exported["dir"]), DeviceRuntime(exported["dir"], factored=False)
+    ids, mask = exported["ids"]["input_ids"], exported["ids"]["attention_mask"]
+    for name in ("t0", "t1", "t0"):  # switches: each task's factors formed once, then reused
+        got = rt.run(input_ids=ids, attention_mask=mask, task=name)
+        assert np.max(np.abs(got - exported["torch"][name])) < 1e-4, name
+        assert np.max(np.abs(got - control.run(input_ids=ids, attention_mask=mask, task=name))) < 1e-5
+    assert set(rt._sessions) == {"factored", "factors"} and len(rt._factors) == 2
+    int8 = derive_bundle(
+        exported["dir"],
+        tmp_path / "int8",
+        config=ExportConfig(
+            rank=RANK, variants=("shared", "factored"), basis_quant="int8", base_quant="int8"
+        ),
+    )
+    fast, slow = DeviceRuntime(int8), DeviceRuntime(int8, factored=False)
+    assert op_counts(onnx.load(str(int8 / "model_factored.onnx")))["MatMulInteger"] == 36
+    got = fast.run(input_ids=ids, attention_mask=mask, task="t0")
+    assert np.max(np.abs(got - slow.run(input_ids=ids, attention_mask=mask, task="t0"))) < 1e-4
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,8 @@ def _result(peers):
         "same_tokens_unmerged_vs_merged_fp32": True,
     }
     lat_slow = {**lat, "ratios": {**lat["ratios"], "unmerged/base fp32 decode": _s(1.2)}}
+    lat["ratios"].update({"factored/base fp32 decode": _s(1.01), "factored/base fp32 prefill": _s(1.0)})
+    lat["same_tokens_factored_vs_shared_fp32"] = True
     kv = {
         "positions": [16, 240],
         "steps": 8,
@@ -109,8 +111,12 @@ def test_report_renders_every_table_with_its_command_and_targets(peers):
     text = lm.render_report(_result(peers))
     assert text.startswith("# Decoder LMs on the device")
     assert "`python -m benchmarks.lm --quick`" in text and "load average 5.5 to 6.2 while measuring" in text
-    assert "1 thread(s): unmerged fp32 decode 1.020x base (met)" in text
-    assert "2 thread(s): unmerged fp32 decode 1.200x base (NOT met)" in text
+    assert (
+        "1 thread(s): unmerged fp32 decode 1.010x base with the factored graph, 1.020x with the shared graph "
+        "(met)" in text
+    )
+    assert ", of factored and shared equal." in text
+    assert "2 thread(s): unmerged fp32 decode 1.200x with the shared graph (NOT met)" in text
     assert "| bound | 10.00 (9.00-11.00) | 10.00 (9.00-11.00) | 1.050 (0.945-1.155) |" in text
     assert "10.5 MiB at 240" in text
     assert "3.00 (2.70-3.30)x (target at least 2.5x: met)" in text and "3 of 4 rows" in text

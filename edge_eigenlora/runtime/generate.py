@@ -4,7 +4,9 @@ One step graph serves prefill and decode. Each layer's present key/value stays a
 as the next step's past (IO binding), so the cache never travels through numpy; the graph's Concat appends
 the new position, a copy of the cache that costs what attention's read of it costs. A task is a coefficient
 input: the shared graph runs one task for the batch, the per-row graph one task per row, and switching task
-between requests feeds another vector to the same session.
+between requests feeds another vector to the same session. A bundle with the factored graph runs a
+one-task batch there: the task's factors are formed once per switch and bound once per generation, so a
+decode step costs what unmerged LoRA costs (benchmarks/results/lm/report.md).
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class LMRuntime(BundleRuntime):
                 f"{sorted(self.manifest.tasks)}) or tasks= (one per prompt)."
             )
         loaded_task = self.task(task)
-        if not self.manifest.has_graph(contract.SHARED):
+        if not self.manifest.has_graph(contract.SHARED) and not self.uses_factored:
             merged = self.manifest.graph(contract.MERGED)
             if merged.task != loaded_task.name:
                 raise EdgeEigenLoraError(
@@ -155,7 +157,8 @@ class LMRuntime(BundleRuntime):
                     f"task {loaded_task.name!r} needs the shared graph: re-export with it."
                 )
             return contract.MERGED, {}, [loaded_task.name] * n
-        return contract.SHARED, loaded_task.feeds(), [loaded_task.name] * n
+        variant, feeds = self.task_graph(loaded_task)
+        return variant, feeds, [loaded_task.name] * n
 
     # -- one graph call --------------------------------------------------------------------------------
     def _empty_cache(self, batch: int) -> np.ndarray:
@@ -163,14 +166,32 @@ class LMRuntime(BundleRuntime):
         d = self.decoder
         return np.zeros((batch, d.num_kv_heads, 0, d.head_dim), np.float32)
 
-    def _run_step(
-        self, session: Any, feeds: dict[str, np.ndarray], past: list[Any] | None, batch: int
-    ) -> tuple[np.ndarray, list[Any]]:
-        """(last-position logits [batch, vocab], presents as OrtValues). `past` None: an empty cache."""
-        d = self.decoder
+    def _bind_task(self, session: Any, task_feeds: dict[str, np.ndarray]) -> Any:
+        """An IO binding with the task's inputs bound once for a whole generation (None: the numpy control).
+        The caller keeps `task_feeds` alive while the binding is used."""
         if not self.bind_cache:
-            return self._run_step_numpy(session, feeds, past, batch)
+            return None
         binding = session.io_binding()
+        for name, value in task_feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        return binding
+
+    def _run_step(
+        self,
+        session: Any,
+        binding: Any,
+        feeds: dict[str, np.ndarray],
+        task_feeds: dict[str, np.ndarray],
+        past: list[Any] | None,
+        batch: int,
+    ) -> tuple[np.ndarray, list[Any]]:
+        """(last-position logits [batch, vocab], presents as OrtValues). `past` None: an empty cache.
+
+        binding: `_bind_task`'s (the task inputs already bound; this step's inputs and outputs replace the last
+        step's), or None to pass everything through numpy."""
+        d = self.decoder
+        if binding is None:
+            return self._run_step_numpy(session, {**feeds, **task_feeds}, past, batch)
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         names_in = contract.cache_input_names(d.num_layers)
@@ -248,10 +269,11 @@ class LMRuntime(BundleRuntime):
         if stats is not None:
             stats.update(prompt_tokens=[len(r.prompt_ids) for r in rows], step_ms=[], variant=variant)
         feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask, contract.POSITION_IDS: positions}
+        binding = self._bind_task(session, task_feeds)
         past = None
         for step in range(config.max_new_tokens):
             start = time.perf_counter()
-            logits, past = self._run_step(session, {**feeds, **task_feeds}, past, batch)
+            logits, past = self._run_step(session, binding, feeds, task_feeds, past, batch)
             elapsed = (time.perf_counter() - start) * 1e3
             if stats is not None and stats.get("record_logits"):
                 stats.setdefault("step_logits", []).append(logits.copy())
@@ -373,10 +395,7 @@ class LMRuntime(BundleRuntime):
             else np.atleast_2d(np.asarray(attention_mask, np.int64))
         )
         if coefficients is not None:
-            variant, task_feeds = (
-                contract.SHARED,
-                {contract.COEFFICIENTS: np.asarray(coefficients, np.float32)},
-            )
+            variant, task_feeds = self.coefficient_graph(coefficients)
         else:
             variant, task_feeds, _ = self._plan(len(ids), task, tasks)
         d = self.decoder

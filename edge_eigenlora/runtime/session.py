@@ -1,7 +1,10 @@
 """Open a bundle on the device and run tasks: onnxruntime + numpy only.
 
 A task is a few KB of coefficients fed as graph inputs, so every task shares one loaded graph. Tasks are read
-once and cached as ready-to-feed arrays, so a switch costs what feeding other inputs costs. The graphs'
+once and cached as ready-to-feed arrays, so a switch costs what feeding other inputs costs. When the bundle
+has the factored graph, a one-task batch runs it instead of the shared graph: the factors graph turns the
+task's coefficients into every module's A^T and B^T once per task switch (the last few are kept), so no call
+re-forms them. The graphs'
 weights live once in the bundle's external-data file; with `share_weights` every session of this runtime
 (inference and train step) uses one memory-mapped copy of them instead of one copy per session.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,7 +218,10 @@ class BundleRuntime:
         verify: bool = True,
         max_length: int | None = None,
         on_long: OnLong = "warn",
+        factored: bool = True,
     ) -> None:
+        """factored: run one-task batches on the factored graph when the bundle has it (False: the shared
+        graph, which forms the factors from the coefficients on every call; the benchmarks' control)."""
         self.root = Path(bundle)
         self.manifest = contract.verify_bundle(self.root) if verify else contract.read_manifest(self.root)
         if self.manifest.kind != self.KIND:
@@ -231,6 +238,8 @@ class BundleRuntime:
         self._sessions: dict[str, Any] = {}
         self._tasks: dict[str, LoadedTask] = {}
         self._weights = SharedWeights(self.root) if self.options.share_weights else None
+        self.factored = factored
+        self._factors: OrderedDict[int, tuple[LoadedTask, dict[str, np.ndarray]]] = OrderedDict()
 
     # -- bundle contents -------------------------------------------------------------------------------
     @property
@@ -309,6 +318,50 @@ class BundleRuntime:
             list(task.labels),
         )
 
+    # -- the factored graph -----------------------------------------------------------------------------
+    FACTOR_CACHE = 4  # tasks whose factors are kept (SmolLM2 r=8 on q, k, v, o: 3.5 MiB each)
+
+    @property
+    def uses_factored(self) -> bool:
+        """Whether one-task batches run the factored graph (asked for, or the bundle has no shared graph)."""
+        has = self.manifest.has_graph
+        return has(contract.FACTORED) and (self.factored or not has(contract.SHARED))
+
+    def coefficient_graph(self, coefficients: np.ndarray) -> tuple[str, dict[str, np.ndarray]]:
+        """(variant, feeds) that run a raw coefficient vector (no task, not cached), e.g. during training."""
+        if self.uses_factored:
+            return contract.FACTORED, self.form_factors(coefficients)
+        return contract.SHARED, {contract.COEFFICIENTS: np.asarray(coefficients, np.float32)}
+
+    def form_factors(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
+        """Every module's A^T and B^T (the factored graph's inputs) from a coefficient vector [P]."""
+        names = self.manifest.graph(contract.FACTORS).output_names
+        vector = np.ascontiguousarray(coefficients, np.float32)
+        outputs = self.session(contract.FACTORS).run(list(names), {contract.COEFFICIENTS: vector})
+        return dict(zip(names, outputs, strict=True))
+
+    def task_graph(self, task: str | Task | LoadedTask) -> tuple[str, dict[str, np.ndarray]]:
+        """(variant, feeds) that run one task for a whole batch: the factored graph with the task's factors
+        (formed on its first use, kept for the last FACTOR_CACHE tasks) when the bundle has it, else the
+        shared graph with the coefficients."""
+        loaded = self.task(task)
+        if not self.uses_factored:
+            return contract.SHARED, loaded.feeds()
+        key = id(loaded)
+        if key in self._factors:
+            self._factors.move_to_end(key)
+        else:
+            self._factors[key] = (
+                loaded,
+                self.form_factors(loaded.coefficients),
+            )  # holds loaded: id stays unique
+            while len(self._factors) > self.FACTOR_CACHE:
+                self._factors.popitem(last=False)
+        feeds = dict(self._factors[key][1])
+        if loaded.head_weight is not None:
+            feeds.update({contract.HEAD_WEIGHT: loaded.head_weight, contract.HEAD_BIAS: loaded.head_bias})
+        return contract.FACTORED, feeds
+
     def preload(self) -> list[str]:
         """Read every task of the bundle into the cache (then every switch is a lookup)."""
         return [self.task(name).name for name in sorted(self.manifest.tasks)]
@@ -317,7 +370,9 @@ class BundleRuntime:
         """Write a task into the bundle (atomically; only the new file is hashed) and cache it."""
         name = contract.add_task_object(self.root, task, overwrite=overwrite)
         self.manifest = contract.read_manifest(self.root)
-        self._tasks.pop(name, None)
+        old = self._tasks.pop(name, None)
+        if old is not None:
+            self._factors.pop(id(old), None)
         self.task(name)
         return name
 
@@ -360,11 +415,11 @@ class DeviceRuntime(BundleRuntime):
         batch_size: int = 32,
     ) -> np.ndarray:
         """Logits [N, labels] of one task for all rows (mini-batched; each batch padded to its longest row)."""
-        loaded = self.task(task)
-        session = self.session(contract.SHARED)
+        variant, task_feeds = self.task_graph(task)
+        session = self.session(variant)
         outs = []
         for ids, mask in self._batches(texts, input_ids, attention_mask, batch_size):
-            feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask, **loaded.feeds()}
+            feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask, **task_feeds}
             outs.append(session.run([contract.LOGITS], feeds)[0])
         return np.concatenate(outs)
 
