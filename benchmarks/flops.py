@@ -108,6 +108,28 @@ def _concrete(model: Any, batch: int, seq: int, extra: dict[str, int]) -> Any:
     del model.graph.value_info[:]
     for vi in model.graph.output:
         vi.type.tensor_type.shape.Clear()
+    return _plain_gathers(model)
+
+
+def _plain_gathers(model: Any) -> Any:
+    """Each com.microsoft.GatherBlockQuantized (a quantized embedding, which the symbolic shape inference does
+    not know) -> a Gather over a float table of its unpacked shape: the same output shape, no multiply-adds."""
+    from onnx import TensorProto, helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "GatherBlockQuantized":
+            continue
+        dims = list(inits[node.input[0]].dims)
+        bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
+        dims[-1] = dims[-1] * 8 // bits
+        name = node.input[0] + "_unpacked"
+        model.graph.initializer.append(
+            helper.make_tensor(name, TensorProto.FLOAT, dims, np.zeros(int(np.prod(dims)), np.float32))
+        )
+        node.CopyFrom(
+            helper.make_node("Gather", [name, node.input[1]], list(node.output), name=node.name, axis=0)
+        )
     return model
 
 

@@ -61,7 +61,19 @@ class Runner:
             if variant == "eigen_shared":
                 self.extra = bundle_mod.task_feeds(tasks[0], manifest)
             else:  # rows alternate between two tasks: what per-row batching is for
-                self.extra = bundle_mod.row_feeds([tasks[i % 2] for i in range(batch)], manifest)
+                per_row = [bundle_mod.task_feeds(tasks[i % 2], manifest) for i in range(batch)]
+                self.extra = bundle_mod.row_feeds(per_row)[0]
+        elif variant == "eigen_factored":  # the task's factors, formed once by the bundle's factors graph
+            folder = path.parent
+            manifest = bundle_mod.read_manifest(folder)
+            feeds = bundle_mod.task_feeds(bundle_mod.load_bundle_task(manifest, "t0"), manifest)
+            factors = ort.InferenceSession(
+                str(folder / "model_factors.onnx"), providers=["CPUExecutionProvider"]
+            )
+            names = [o.name for o in factors.get_outputs()]
+            coefficients = feeds.pop(bundle_mod.COEFFICIENTS)
+            formed = factors.run(names, {bundle_mod.COEFFICIENTS: coefficients})
+            self.extra = {**feeds, **dict(zip(names, formed, strict=True))}
         elif variant == "ort_lora":
             adapter = ort.LoraAdapter()
             adapter.Load(str(build / "adapters" / "t0.onnx_adapter"))

@@ -23,7 +23,8 @@ interrupted run resumes; --fresh re-measures all, --fresh latency only that tabl
                unmerged shared fp32, a second session of it (the control), shared and merged int8 / int4, and
                (graph "factored": its own torch export, int8 / int4 derived) the factored graph, whose
                factors the runtime forms once per task and binds for the whole generation.
-               Every config runs once per round in a new random order; ratios are per round (paired).
+               Every round opens every session anew (where a session's weights land moves a batch-1 decode
+               by up to 10%) and runs each once, in a new random order; ratios are per round (paired).
     kv_cache   decode ms at positions 16 and 240 with the cache kept in onnxruntime (IO binding) against
                the control that passes it through numpy at every step, and attention's arithmetic growth.
     per_row    4 prompts with 4 different tasks in one per_row batch vs the same 4 generated one after
@@ -426,28 +427,28 @@ def _timed_generate(rt: Any, prompt: str, task: Any, tokens: int) -> tuple[float
 
 
 def table_latency(root: Path, s: Settings) -> dict:
+    """Every round opens every session anew, in a new random order: where a session's weights land in memory
+    moves a batch-1 decode by up to 10% (the control session shows it), so each round is a fresh draw."""
     per_threads = {}
     configs = latency_configs(root)
     for threads in s.threads:
-        session_order = list(range(len(configs)))
-        random.Random(threads).shuffle(session_order)
-        runtimes: dict[str, Any] = {}
-        for i in session_order:  # sessions opened in a random order
-            name, b, task = configs[i]
-            runtimes[name] = _runtime(root / b, threads)
-        prompt = exact_prompt(next(iter(runtimes.values())), PROMPT_TOKENS)
-        tokens = {}
-        for name, _, task in configs:  # warm-up: sessions created, first runs done
-            tokens[name] = _timed_generate(runtimes[name], prompt, task, 2)[2]
-        rounds = []
+        rounds, tokens, session_orders = [], {}, []
+        prompt = None
         for number in range(s.rounds):
             order = list(configs)
             random.Random(1000 * threads + number).shuffle(order)
+            runtimes = {name: _runtime(root / b, threads) for name, b, _ in order}
+            session_orders.append([name for name, _, _ in order])
+            prompt = prompt or exact_prompt(next(iter(runtimes.values())), PROMPT_TOKENS)
+            for name, _, task in order:  # warm-up: first runs done
+                _timed_generate(runtimes[name], prompt, task, 2)
+            random.Random(2000 * threads + number).shuffle(order)
             row: dict[str, float] = {"loadavg": _loadavg()}
             for name, _, task in order:
                 prefill, decode, ids = _timed_generate(runtimes[name], prompt, task, s.decode_tokens)
                 row[f"{name}|prefill"], row[f"{name}|decode"] = prefill, decode
                 tokens[name] = ids
+            del runtimes
             rounds.append(row)
             print(
                 f"latency t{threads} round {number + 1}/{s.rounds}: "
@@ -490,7 +491,7 @@ def table_latency(root: Path, s: Settings) -> dict:
             "rounds": rounds,
             "summary": summary,
             "ratios": ratios,
-            "session_order": [configs[i][0] for i in session_order],
+            "session_orders": session_orders,
             "same_tokens_unmerged_vs_merged_fp32": tokens["unmerged shared fp32"]
             == tokens["base (merged) fp32"],
             "same_tokens_factored_vs_shared_fp32": tokens.get("unmerged factored fp32")
@@ -498,7 +499,6 @@ def table_latency(root: Path, s: Settings) -> dict:
             if "unmerged factored fp32" in tokens
             else None,
         }
-        del runtimes
     return {"prompt_tokens": PROMPT_TOKENS, "decode_tokens": s.decode_tokens, "threads": per_threads}
 
 

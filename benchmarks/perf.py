@@ -9,6 +9,8 @@ Variants (all run through onnxruntime on the same real all-MiniLM-L6-v2, the sam
     eigen_shared    EigenLoRAx unmerged: basis in the graph, the task's coefficients and head as inputs
     eigen_per_row   EigenLoRAx per-row: a coefficient vector per row of the batch
     eigen_merged    EigenLoRAx merged: delta W folded into W
+    eigen_factored  EigenLoRAx factored: the task's factors A^T, B^T formed once (the bundle's factors graph)
+                    and fed as inputs with the head; what the device runtime runs for a one-task batch
     peft_unmerged   PEFT LoRA (the same task as a PEFT folder) exported by torch with its A/B as constants
     lora_merged     PEFT merge_and_unload, exported
     ort_lora        the PEFT graph whose A/B are inputs with default initializers; the task as an .onnx_adapter
@@ -46,6 +48,7 @@ VARIANTS = (
     "eigen_shared",
     "eigen_per_row",
     "eigen_merged",
+    "eigen_factored",
     "peft_unmerged",
     "lora_merged",
     "ort_lora",
@@ -53,7 +56,7 @@ VARIANTS = (
 QUANTS = ("fp32", "int8", "int4")
 RANK, LABELS = 8, 3
 ATTENTION_QV = ("query", "value", "q", "v")  # BERT names them query/value, MPNet q/v
-BUILD_VERSION = 1  # bump when the build changes what it writes
+BUILD_VERSION = 2  # bump when the build changes what it writes (2: the factored graph)
 
 
 def adapted_modules(encoder: Any) -> list[str]:
@@ -248,7 +251,7 @@ def build(config: dict[str, Any]) -> Path:
 
     ecfg = ExportConfig(
         rank=RANK,
-        variants=("shared", "per_row", "merged"),
+        variants=("shared", "per_row", "merged", "factored"),
         basis_quant="none",
         base_quant="none",
         merged_task="t0",
@@ -276,7 +279,7 @@ def build(config: dict[str, Any]) -> Path:
             tmp / f"bundle_{q}",
             config=ExportConfig(
                 rank=RANK,
-                variants=("shared", "per_row", "merged"),
+                variants=("shared", "per_row", "merged", "factored"),
                 basis_quant=q,
                 base_quant=q,
                 merged_task="t0",
@@ -284,7 +287,7 @@ def build(config: dict[str, Any]) -> Path:
             ),
         )
     for q in config["quants"]:
-        for v in ("shared", "per_row", "merged"):
+        for v in ("shared", "per_row", "merged", "factored"):
             files[f"eigen_{v}"][q] = f"bundle_{q}/model_{v}.onnx"
     print(f"[build] quantized bundles {time.perf_counter() - t0:.0f} s", flush=True)
 

@@ -285,6 +285,87 @@ def quantize_embeddings(model: Any, mode: str, *, block_size: int = 32) -> Any:
     raise EdgeEigenLoraError(f"embedding quantization must be none, int8 or int4, got {mode!r}.")
 
 
+def _attr(node: Any, name: str, default: int = 0) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == name), default)
+
+
+def share_head_table(model: Any, max_error: float = 0.02) -> Any:
+    """Read each fp32 token table through the 8-bit MatMulNBits weight of the tied LM head, not a copy of it.
+
+    A tied head is untied for quantization (`untie_transposed_weights`), so an int8 decoder would store the
+    vocabulary twice (SmolLM2: 2 x 27 MiB). Instead the lookup becomes a com.microsoft.GatherBlockQuantized
+    (bits 8) over the head's uint8 blocks [vocab, blocks, block] and their scales, then Reshape and Slice off
+    the block padding. Only a head whose dequantized weight is the table within `max_error` relative error
+    (the tie) is used; any other table is left for `quantize_embeddings`.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    heads = [
+        n
+        for n in model.graph.node
+        if n.op_type == "MatMulNBits"
+        and _attr(n, "bits", 4) == 8
+        and len(n.input) == 3
+        and n.input[1] in inits
+    ]
+    replaced: dict[int, list[Any]] = {}
+    for k in embedding_gathers(model):
+        gather = model.graph.node[k]
+        table = numpy_helper.to_array(inits[gather.input[0]]).astype(np.float32)
+        vocab, hidden = table.shape
+        for head in heads:
+            if (_attr(head, "N"), _attr(head, "K")) != (vocab, hidden):
+                continue
+            q = numpy_helper.to_array(inits[head.input[1]])  # uint8 [N, blocks, block], stored + 128
+            scale = numpy_helper.to_array(inits[head.input[2]]).astype(np.float32).reshape(vocab, -1, 1)
+            block = q.shape[2]
+            rows = np.linspace(0, vocab - 1, 64).astype(int)  # a sample of rows: enough to tell a tie
+            approx = ((q[rows].astype(np.float32) - 128.0) * scale[rows]).reshape(len(rows), -1)[:, :hidden]
+            if relative_error(table[rows], approx) > max_error:
+                continue
+            out, name = gather.output[0], gather.input[0]
+            model.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(scale, f"{name}_head_scale"),  # the head's bytes, another shape
+                    numpy_helper.from_array(np.array([0, 0, -1], np.int64), f"{name}_flat"),
+                    numpy_helper.from_array(np.array([0], np.int64), f"{name}_start"),
+                    numpy_helper.from_array(np.array([hidden], np.int64), f"{name}_end"),
+                    numpy_helper.from_array(np.array([-1], np.int64), f"{name}_axis"),
+                ]
+            )
+            replaced[k] = [
+                helper.make_node(
+                    "GatherBlockQuantized",
+                    [head.input[1], gather.input[1], f"{name}_head_scale"],
+                    [out + "_blocks"],
+                    name=out + "_GatherHeadBlocks",
+                    domain="com.microsoft",
+                    gather_axis=0,
+                    quantize_axis=2,
+                    block_size=block,
+                    bits=8,
+                ),
+                helper.make_node(
+                    "Reshape", [out + "_blocks", f"{name}_flat"], [out + "_padded"], name=out + "_Flat"
+                ),
+                helper.make_node(
+                    "Slice",
+                    [out + "_padded", f"{name}_start", f"{name}_end", f"{name}_axis"],
+                    [out],
+                    name=out + "_Unpad",
+                ),
+            ]
+            model.graph.initializer.remove(inits[name])
+            break
+    if not replaced:
+        return model
+    nodes = [m for k, n in enumerate(model.graph.node) for m in replaced.get(k, [n])]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
 def quantize_basis_int4(model: Any, block_size: int = 32) -> Any:
     """Basis MatMuls -> MatMulNBits (4-bit, symmetric, blocks along the basis width)."""
     _basis_initializers(model)
@@ -339,15 +420,19 @@ def quantize_base(
 
     if mode == "none":
         return model
+    if mode == "int8" and decoder:
+        # accuracy_level 4 (int8 activations per block) selects ORT's fast 8-bit kernel: one SmolLM2 token in
+        # 47 ms instead of 1006 ms (fp32: 79 ms), for +0.018 nats instead of +0.008 (docs/lm.md). A tied
+        # table is then read through the head's 8-bit blocks: the vocabulary is stored once.
+        model = untie_transposed_weights(model) if embeddings else model
+        exclude = basis_nodes(model) if exclude is None else exclude
+        model = matmul_nbits(model, exclude, max(block_size, 128), bits=8, accuracy_level=4)
+        return quantize_embeddings(share_head_table(model), mode) if embeddings else model
     if embeddings:
         model = quantize_embeddings(untie_transposed_weights(model), mode, block_size=block_size)
     exclude = basis_nodes(model) if exclude is None else exclude
     if mode == "int4":
         return matmul_nbits(model, exclude, block_size, symmetric=not decoder)
-    if mode == "int8" and decoder:
-        # accuracy_level 4 (int8 activations per block) selects ORT's fast 8-bit kernel: one SmolLM2 token in
-        # 47 ms instead of 1006 ms (fp32: 79 ms), for +0.018 nats instead of +0.008 (docs/lm.md)
-        return matmul_nbits(model, exclude, max(block_size, 128), bits=8, accuracy_level=4)
     if mode != "int8":
         raise EdgeEigenLoraError(f"base quantization must be none, int8 or int4, got {mode!r}.")
     from onnxruntime.quantization import QuantType, quantize_dynamic
