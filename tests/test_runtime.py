@@ -259,6 +259,38 @@ def test_zeroth_order_lowers_loss_with_inference_graph_only(tiny, tmp_path):
     assert "train_step" not in rt._sessions  # forward-only: the train graph was never loaded
 
 
+def test_a_factored_only_bundle_runs_tasks_and_trains_forward_only(tiny, tmp_path):
+    out = export_bundle(
+        "tiny-bert",
+        tiny["basis_path"],
+        tmp_path / "factored",
+        tasks=[tiny["t0"]],
+        model=tiny["model"],
+        tokenizer=tiny["tokenizer"],
+        config=ExportConfig(rank=RANK, variants=("factored",), basis_quant="none", max_length=24),
+    )
+    factored, shared = DeviceRuntime(out), DeviceRuntime(_copy(tiny, tmp_path))
+    probe = ["a good film", "a bad day", "hello there"]
+    assert np.max(np.abs(factored.run(probe, task="t0") - shared.run(probe, task="t0"))) < 1e-5
+    texts, labels = keyword_data(32, 0)
+
+    def first_val_loss(rt):  # probe head init embeds through the graph; each ZO loss forms its own factors
+        config = ZOConfig(steps=2, batch_size=8, eval_every=1, head_init="probe", patience=100)
+        trainer = ZerothOrderTrainer(
+            rt,
+            "zo",
+            (texts, labels),
+            ["pos", "neg"],
+            validation=(texts[:16], labels[:16]),
+            log=lambda m: None,
+            config=config,
+        )
+        return trainer.fit().history[0]["val_loss"]
+
+    assert abs(first_val_loss(factored) - first_val_loss(shared)) < 1e-4
+    assert "shared" not in factored._sessions and {"factored", "factors"} <= set(factored._sessions)
+
+
 def test_nan_rolls_back_and_lowers_lr(tiny, tmp_path, monkeypatch):
     rt = DeviceRuntime(_copy(tiny, tmp_path), verify=False, options=RuntimeOptions(threads=1))
     texts, labels = keyword_data(64, 0)

@@ -490,6 +490,16 @@ class DeviceRuntime(BundleRuntime):
                 out[i] = logits[j]
         return out  # type: ignore[return-value]
 
+    def logits_with(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, params: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        """Logits for raw parameters being trained (coefficients + head_weight + head_bias): the shared graph,
+        or the factored graph through the factors graph (a bundle may ship only the factored one)."""
+        head = {k: v for k, v in params.items() if k != contract.COEFFICIENTS}
+        variant, feeds = self.coefficient_graph(params[contract.COEFFICIENTS])
+        feeds = {contract.INPUT_IDS: input_ids, contract.ATTENTION_MASK: attention_mask, **head, **feeds}
+        return self.session(variant).run([contract.LOGITS], feeds)[0]
+
     # -- training graph --------------------------------------------------------------------------------
     def train_step(
         self,

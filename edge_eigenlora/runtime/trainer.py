@@ -287,18 +287,8 @@ def embed_examples(
     out = []
     for i in range(0, len(data), batch_size):
         ids, mask, _ = data.batch(range(i, min(i + batch_size, len(data))), pad)
-        out.append(
-            runtime.session(contract.SHARED).run(
-                [contract.LOGITS],
-                {
-                    contract.INPUT_IDS: ids,
-                    contract.ATTENTION_MASK: mask,
-                    contract.COEFFICIENTS: coefficients,
-                    contract.HEAD_WEIGHT: eye,
-                    contract.HEAD_BIAS: zero,
-                },
-            )[0]
-        )
+        params = {contract.COEFFICIENTS: coefficients, contract.HEAD_WEIGHT: eye, contract.HEAD_BIAS: zero}
+        out.append(runtime.logits_with(ids, mask, params))
     return np.concatenate(out)
 
 
@@ -309,7 +299,8 @@ def evaluate(
     batch_size: int = 64,
     graph: str = contract.SHARED,
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy with the inference graph (or the train-step graph: graph=TRAIN_STEP)."""
+    """Accuracy and mean cross-entropy with the inference graph (shared, or factored through the factors graph;
+    see `DeviceRuntime.logits_with`) or the train-step graph (graph=TRAIN_STEP)."""
     if not len(data):
         return {"accuracy": float("nan"), "loss": float("nan")}
     pad = runtime.tokenizer.pad_id
@@ -326,9 +317,7 @@ def evaluate(
                 params[contract.HEAD_BIAS],
             )[contract.LOGITS]
         else:
-            logits = runtime.session(graph).run(
-                [contract.LOGITS], {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask, **params}
-            )[0]
+            logits = runtime.logits_with(ids, mask, params)
         loss_sum += float(cross_entropy(logits, y).sum())
         correct += int((logits.argmax(-1) == y).sum())
     return {"accuracy": correct / len(data), "loss": loss_sum / len(data)}

@@ -103,9 +103,7 @@ class ZerothOrderTrainer:
         )
 
     def _loss(self, params: dict[str, np.ndarray], ids: np.ndarray, mask: np.ndarray, y: np.ndarray) -> float:
-        logits = self.runtime.session(contract.SHARED).run(
-            [contract.LOGITS], {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask, **params}
-        )[0]
+        logits = self.runtime.logits_with(ids, mask, params)
         return float(cross_entropy(logits, y).mean())
 
     def fit(self) -> TrainOutcome:
