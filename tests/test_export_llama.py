@@ -159,16 +159,20 @@ def test_factored_bundle_quantizes_the_basis_in_the_factors_graph(llama, tmp_pat
     root = derive_bundle(
         llama["fp32"],
         tmp_path / "int8f",
-        config=ExportConfig(rank=RANK, variants=("factored",), basis_quant="int8", base_quant="int8"),
+        config=ExportConfig(
+            rank=RANK, variants=("factored",), basis_quant="int8", base_quant="int8", ort_format=True
+        ),
     )
     manifest = bundle.verify_bundle(root)
     assert manifest.variants == ("factored", "factors")
+    assert all(g.ort_file for g in manifest.graphs)  # both graphs also as ORT Mobile files
     assert manifest.graph("factors").quantization.basis == "int8"
     assert manifest.graph("factored").quantization.base == "int8"
     assert "DequantizeLinear" in op_counts(onnx.load(str(root / "model_factors.onnx")))
     got = _full(root, llama["ids"], task="lm0")
     real = llama["ids"]["attention_mask"].astype(bool)
     assert quantize.relative_error(llama["torch"]["lm0"][real], got[real]) < 0.02
+    assert np.max(np.abs(_full(root, llama["ids"], graph_file="ort", task="lm0") - got)) < 1e-4
 
 
 def test_a_factored_graph_without_its_factors_graph_is_refused(llama, tmp_path):

@@ -4,9 +4,9 @@ A task is a few KB of coefficients fed as graph inputs, so every task shares one
 once and cached as ready-to-feed arrays, so a switch costs what feeding other inputs costs. When the bundle
 has the factored graph, a one-task batch runs it instead of the shared graph: the factors graph turns the
 task's coefficients into every module's A^T and B^T once per task switch (the last few are kept), so no call
-re-forms them. The graphs'
-weights live once in the bundle's external-data file; with `share_weights` every session of this runtime
-(inference and train step) uses one memory-mapped copy of them instead of one copy per session.
+re-forms them. The graphs' weights live once in the bundle's external-data file; with `share_weights` every
+session of this runtime (inference and train step) uses one memory-mapped copy of them instead of one copy
+per session.
 """
 
 from __future__ import annotations
@@ -351,10 +351,8 @@ class BundleRuntime:
         if key in self._factors:
             self._factors.move_to_end(key)
         else:
-            self._factors[key] = (
-                loaded,
-                self.form_factors(loaded.coefficients),
-            )  # holds loaded: id stays unique
+            factors = self.form_factors(loaded.coefficients)
+            self._factors[key] = (loaded, factors)  # keeps `loaded` alive, so its id stays unique
             while len(self._factors) > self.FACTOR_CACHE:
                 self._factors.popitem(last=False)
         feeds = dict(self._factors[key][1])
