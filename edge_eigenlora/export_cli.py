@@ -139,7 +139,9 @@ def add_export_commands(subparsers: Any) -> None:
         "--variant",
         action="append",
         choices=VARIANTS,
-        help="graph variant to build (repeatable; default shared)",
+        help="graph variant to build (repeatable; default shared). factored: the factors are inputs, formed once "
+        "per task switch by a small factors graph written with it: what unmerged LoRA costs, no more; the Python "
+        "device runtime prefers it for one-task batches (the Android core and the web page run shared)",
     )
     p.add_argument("--merged-task", help="task name folded into the 'merged' variant")
     p.add_argument(
