@@ -1,6 +1,7 @@
 """Does a recycled basis help a language model? SmolLM2-135M, real generation tasks, matched controls.
 
     python -m benchmarks.lm_recycling --config quick|default|full [--stage bank|grid|report|all] [--shard k/n]
+    python -m benchmarks.lm_recycling --config quick --workers 2      # bank, grid, report: 2 shards at once
 
 Stages, each resumable and shardable (`--shard k/n`: item i runs in shard i % n == k):
 - `bank`: one PEFT LoRA adapter (r=8 on q/k/v/o, alpha 16, the adapter's own seed) per bank task, trained on
@@ -37,6 +38,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -52,7 +54,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 RESULTS_DIR = Path(__file__).parent / "results" / "lm_recycling"
-CACHE = Path.home() / ".cache" / "edge-eigenlora" / "bench"
+CACHE = Path(os.environ.get("EDGE_EIGENLORA_CACHE", Path.home() / ".cache" / "edge-eigenlora")) / "bench"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 # ----------------------------------------------------------------------------------------------
@@ -687,6 +689,27 @@ def write_results(config: dict[str, Any], out_dir: Path | None = None, lr_index:
     return path
 
 
+def run_workers(args: argparse.Namespace) -> int:
+    """Each stage (bank, then grid) as `args.workers` child processes, shard k/n each; then the report."""
+    common = ["--config", args.config, "--threads", str(args.threads)]
+    common += ["--methods", *args.methods] if args.methods else []
+    common += ["--tasks", *args.tasks] if args.tasks else []
+    common += ["--lr-index", str(args.lr_index)] if args.lr_index is not None else []
+    n = args.workers
+    start = time.perf_counter()
+    for stage in [s for s in ("bank", "grid") if args.stage in (s, "all")]:
+        module = [sys.executable, "-m", "benchmarks.lm_recycling", *common, "--stage", stage]
+        children = [subprocess.Popen([*module, "--shard", f"{k}/{n}"]) for k in range(n)]
+        codes = [c.wait() for c in children]
+        print(f"{stage}: {n} workers, {time.perf_counter() - start:.0f} s since the start", flush=True)
+        if any(codes):
+            return max(codes)
+    if args.stage in ("report", "all"):
+        write_results(load_config(args.config), lr_index=args.lr_index)
+    print(f"wall time {time.perf_counter() - start:.0f} s with {n} workers", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.lm_recycling", description=__doc__.split("\n")[0]
@@ -704,8 +727,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         help="grid/report: only this learning rate of every method's grid (a first pass; the report says so)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="run the bank and grid stages as this many single-thread shard workers at once (one per core), "
+        "then the report",
+    )
     args = parser.parse_args(argv)
     config = load_config(args.config)
+    if args.workers > 1:
+        return run_workers(args)
     import torch
 
     torch.set_num_threads(args.threads)

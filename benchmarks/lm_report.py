@@ -347,7 +347,8 @@ def render(summary: dict[str, Any], out_dir: str | Path) -> Path:
         '"beats" = paired difference beyond 2 SE.',
         "",
         "Reproduce: `python -m benchmarks.lm_recycling --config " + name + "` "
-        "(stages `--stage bank|grid|report`, `--shard k/n` per worker, one torch thread each).",
+        "(stages `--stage bank|grid|report`, `--shard k/n` per worker, one torch thread each; `--workers 2` runs "
+        "two shard workers at once, one per core).",
         "",
     ]
     if summary.get("lr_pass") is not None:

@@ -264,3 +264,24 @@ def test_vlora_and_eigenlorax_arms_on_smollm2_share_a_count_and_vlora_starts_at_
         got = linear(x) - torch.nn.functional.linear(x, linear.weight)
     want = x.numpy() @ (mean_b @ mean_a).T
     assert np.allclose(got.numpy(), want, atol=1e-5)
+
+
+def test_workers_run_each_stage_as_shards_then_the_report(monkeypatch):
+    started, reports = [], []
+
+    class _Child:
+        def __init__(self, cmd):
+            started.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(lm.subprocess, "Popen", _Child)
+    monkeypatch.setattr(lm, "write_results", lambda config, lr_index=None: reports.append(lr_index))
+    assert lm.main(["--config", "quick", "--workers", "2", "--lr-index", "1", "--methods", "eigen"]) == 0
+    stages = [(c[c.index("--stage") + 1], c[c.index("--shard") + 1]) for c in started]
+    assert stages == [("bank", "0/2"), ("bank", "1/2"), ("grid", "0/2"), ("grid", "1/2")]
+    assert all(
+        c[c.index("--lr-index") + 1] == "1" and c[c.index("--methods") + 1] == "eigen" for c in started
+    )
+    assert reports == [1]  # the report once, after every shard of the grid
