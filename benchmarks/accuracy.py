@@ -722,6 +722,17 @@ def run_compression(config: dict[str, Any]) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
+def built_bank_size(config: dict[str, Any]) -> int | None:
+    """The largest bank size of the grid whose adapters are all trained: the diagnostics of a partial run
+    (e.g. `--bank-sizes 8` first) use it; None when no bank of the grid is complete."""
+    folder, order = bank_dir(config), all_task_order()
+    for size in sorted({s for block in config["grid"] for s in block["bank_sizes"]}, reverse=True):
+        names = {n for task in config["held_out"] for n in bank_for(task, size, order)}
+        if all((folder / n / "training.json").is_file() for n in names):
+            return size
+    return None
+
+
 def span_diagnostics(config: dict[str, Any]) -> list[dict]:
     """Why a basis does or does not help: the share of a held-out task's own LoRA delta inside the bank's span.
 
@@ -734,7 +745,8 @@ def span_diagnostics(config: dict[str, Any]) -> list[dict]:
 
     bench = _light_bench(config)
     k = config.get("diagnostics_k", 32)
-    sizes = [max(s for block in config["grid"] for s in block["bank_sizes"])]  # gauge-free fits cost SVDs
+    size = built_bank_size(config)
+    sizes = [size] if size else []  # one bank size: gauge-free fits cost SVDs
     rows = []
     for task in config["held_out"]:
         if not (bench.folder / task / "training.json").is_file():
@@ -778,7 +790,9 @@ def spectrum_diagnostics(config: dict[str, Any]) -> list[dict]:
     from edge_eigenlora import subspace
 
     bench = _light_bench(config)
-    size = max(s for block in config["grid"] for s in block["bank_sizes"])
+    size = built_bank_size(config)
+    if size is None:
+        return []
     names = bank_for(config["held_out"][0], size, bench.order)
     rows = []
     for method in ("gauge_free", "factors"):
@@ -815,7 +829,9 @@ def init_drift_diagnostics(config: dict[str, Any]) -> list[dict]:
     from edge_eigenlora.pretrained import load_encoder
 
     folder = bank_dir(config)
-    size = max(s for block in config["grid"] for s in block["bank_sizes"])
+    size = built_bank_size(config)
+    if size is None:
+        return []
     names = [n for n in bank_for(config["held_out"][0], size, all_task_order()) if (folder / n).is_dir()]
     if not names:
         return []
