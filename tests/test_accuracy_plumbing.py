@@ -100,3 +100,21 @@ def test_paired_differences_are_per_task_so_the_se_is_over_tasks():
     assert len(diffs) == 2 and np.allclose(diffs, [0.02, 0.02])
     mean, _, se, n = _stats(diffs)
     assert (n, round(mean, 6), se) == (2, 0.02, 0.0)  # over task x seed it would have been n=4, SE > 0
+
+
+def test_built_bank_size_is_the_largest_bank_whose_adapters_are_all_trained(tmp_path, monkeypatch):
+    from benchmarks import accuracy
+
+    order = [f"t{i}" for i in range(6)]
+    monkeypatch.setattr(accuracy, "all_task_order", lambda: order)
+    monkeypatch.setattr(accuracy, "bank_dir", lambda config: tmp_path)
+    config = {"held_out": ["t0"], "grid": [{"bank_sizes": [2]}, {"bank_sizes": [4]}]}
+    assert accuracy.built_bank_size(config) is None
+    for name in ("t1", "t2", "t3"):  # the bank of 2 for t0 is t1, t2; the bank of 4 also needs t4
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "training.json").write_text("{}")
+    assert accuracy.built_bank_size(config) == 2
+    (tmp_path / "t4").mkdir()
+    assert accuracy.built_bank_size(config) == 2  # a folder without training.json is not trained
+    (tmp_path / "t4" / "training.json").write_text("{}")
+    assert accuracy.built_bank_size(config) == 4
