@@ -488,12 +488,12 @@ def render(summary: dict[str, Any], out_dir: str | Path) -> Path:
             "## Compute (measured on this run's machine, one torch thread per worker)",
             "",
             f"- bank: {len(bank)} adapters, {bank_s / 60:.0f} min of training",
-            f"- grid: {len(runs)} runs, {grid_s / 60:.0f} min; of the trainings, "
+            f"- grid: {len(runs)} runs, {grid_s / 60:.0f} min of wall time; of the trainings, "
             f"{sum(1 for r in runs if r.get('stopped_early'))} stopped early on validation and "
             f"{sum(1 for r in runs if r['lr'] is not None and not r.get('stopped_early'))} reached the step cap "
             f"({config['train']['max_steps']})",
-            "- seconds per training (mean): "
-            + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in sorted(per_kind.items())),
+            "- seconds per training (median: a worker paused mid-run inflates one wall time, not the median): "
+            + ", ".join(f"{k} {np.median(v):.0f}" for k, v in sorted(per_kind.items())),
             "",
         ]
         lines += projected_cost(summary)
@@ -503,7 +503,8 @@ def render(summary: dict[str, Any], out_dir: str | Path) -> Path:
 
 
 def projected_cost(summary: dict[str, Any]) -> list[str]:
-    """What the whole config costs on this machine: measured seconds per training (by n) x trainings expected."""
+    """What the whole config costs on this machine: the median measured seconds per training (by n) x the
+    trainings expected."""
     runs, config = summary["runs"], summary["config"]
     grids = summary.get("lr_grids", {})
     per_n: dict[int, list[float]] = defaultdict(list)
@@ -512,20 +513,20 @@ def projected_cost(summary: dict[str, Any]) -> list[str]:
             per_n[int(r["n"])].append(float(r.get("wall_seconds", 0.0)))
     if not per_n or not summary.get("cells"):
         return []
-    fallback = float(np.mean([x for v in per_n.values() for x in v]))
+    fallback = float(np.median([x for v in per_n.values() for x in v]))
     total, trainings, done = 0.0, 0, {(r["method"], r["task"], r["seed"], r["n"], r["lr"]) for r in runs}
     remaining = 0.0
     for method, task, seed, n in summary["cells"]:
         lrs = grids.get(method, [None])
         for lr in lrs:
-            cost = float(np.mean(per_n[n])) if per_n.get(n) else fallback
+            cost = float(np.median(per_n[n])) if per_n.get(n) else fallback
             cost = cost if lr is not None else 10.0  # an evaluation only
             total += cost
             trainings += lr is not None
             if (method, task, seed, n, lr) not in done:
                 remaining += cost
     bank = summary.get("bank", [])
-    bank_each = float(np.mean([b["seconds"] for b in bank])) if bank else 0.0
+    bank_each = float(np.median([b["seconds"] for b in bank])) if bank else 0.0
     bank_total = bank_each * len(config["bank"]["tasks"])
     return [
         f"- projected cost of the whole `{config['name']}` config at these measured rates: {trainings} trainings, "

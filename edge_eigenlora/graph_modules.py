@@ -178,28 +178,15 @@ class FactorGraph(nn.Module):
         return tuple(out)
 
 
-class AdapterGraph(nn.Module):
-    """forward(input_ids, attention_mask, coefficients[, head_weight, head_bias]) -> logits."""
+class _TaskGraph(nn.Module):
+    """What every adapter graph does after its feed has set the factors: the model's logits, and for a
+    classifier mean pooling and the head (shared [labels, hidden] or per row [batch, labels, hidden])."""
 
-    def __init__(
-        self, model: nn.Module, layout: contract.CoefficientLayout, kind: str, per_row: bool
-    ) -> None:
+    def __init__(self, model: nn.Module, kind: str, per_row: bool) -> None:
         super().__init__()
         self.model = model
         self.kind = kind
         self.per_row = per_row
-        self.feed = CoefficientFeed(model, layout, per_row)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        coefficients: torch.Tensor,
-        head_weight: torch.Tensor | None = None,
-        head_bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        self.feed.set_coefficients(coefficients)
-        return self.logits(input_ids, attention_mask, head_weight, head_bias)
 
     def logits(
         self,
@@ -216,17 +203,35 @@ class AdapterGraph(nn.Module):
         return pooled @ head_weight.T + head_bias
 
 
-class FactoredAdapterGraph(AdapterGraph):
+class AdapterGraph(_TaskGraph):
+    """forward(input_ids, attention_mask, coefficients[, head_weight, head_bias]) -> logits."""
+
+    def __init__(
+        self, model: nn.Module, layout: contract.CoefficientLayout, kind: str, per_row: bool
+    ) -> None:
+        super().__init__(model, kind, per_row)
+        self.feed = CoefficientFeed(model, layout, per_row)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        coefficients: torch.Tensor,
+        head_weight: torch.Tensor | None = None,
+        head_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        self.feed.set_coefficients(coefficients)
+        return self.logits(input_ids, attention_mask, head_weight, head_bias)
+
+
+class FactoredAdapterGraph(_TaskGraph):
     """forward(input_ids, attention_mask, A_0^T, B_0^T, ...[, head_weight, head_bias]) -> logits."""
 
     def __init__(self, model: nn.Module, layout: contract.CoefficientLayout, kind: str) -> None:
-        nn.Module.__init__(self)
-        self.model = model
-        self.kind = kind
-        self.per_row = False
+        super().__init__(model, kind, per_row=False)
         self.feed = FactorFeed(model, layout)
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *rest: torch.Tensor
     ) -> torch.Tensor:
         head = self.feed.take(rest)
