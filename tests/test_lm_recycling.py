@@ -155,6 +155,14 @@ def test_lora_fraction_and_the_targets():
     found = lm_report.targets(summary, cells)
     assert [t["status"] for t in found] == ["MET", "MET", "MET"]
     assert "eigen/k8/bank/r1 (1,920 vs LoRA 921,600, 480x) reaches 95%" in found[1]["detail"]
+    # a pair measured on one task so far has no SE: it is listed as not judged, not counted as missed
+    runs += [_row("eigen/k32/zero", "a", 0, None, 1, 3.0), _row("random/k32/zero", "a", 0, None, 1, 3.5)]
+    summary = {"runs": runs, "config": {}}
+    first = lm_report.targets(summary, lm_report.chosen_cells(summary))[0]
+    assert (
+        first["status"] == "MET"
+        and "not judged yet: recycled - random, both zero init, K=32" in first["detail"]
+    )
 
 
 def test_render_writes_a_report_from_synthetic_runs(tmp_path):
