@@ -567,11 +567,18 @@ def _setup(summary: dict[str, Any]) -> list[str]:
             if spec.get("per_class")
             else f"train capped at {config['caps']['train']}"
         )
+        grid = config.get("lr_grid")
+        lr = (
+            "learning rate chosen on validation per method kind from "
+            + ", ".join(f"{kind} {values}" for kind, values in grid.items())
+            if grid
+            else f"lr {t['lr']} (LoRA {config.get('lr_overrides', {}).get('lora')}, "
+            f"VeRA {config.get('lr_overrides', {}).get('vera')}), head lr {t['head_lr']}"
+        )
         md.append(
             f"- regime `{regime}`: {data}; "
             f"batch {t['batch_size']}, at most {t['max_steps']} steps, validation every {t['eval_every']} "
-            f"steps, patience {t['patience']}, lr {t['lr']} (LoRA {config.get('lr_overrides', {}).get('lora')}, "
-            f"VeRA {config.get('lr_overrides', {}).get('vera')}), head lr {t['head_lr']}."
+            f"steps, patience {t['patience']}, {lr}."
         )
     if bank:
         steps = [b["steps"] for b in bank]
