@@ -555,13 +555,20 @@ def _child_ortgenai(spec: dict) -> dict:
             decode += steps
         tokens = [int(x) for x in gen.get_sequence(0)[len(prompt) :]]
         del gen
+    return _child_result(import_rss, load_ms, prefill, decode, tokens)
+
+
+def _child_result(
+    import_rss: float, load_ms: float, prefill: list[float], decode: list[float], tokens: list[int]
+) -> dict:
+    """One peer child's measurements; the resident set is read while the model is still held."""
     return {
         "import_rss_mib": import_rss,
         "load_ms": load_ms,
         "prefill": prefill,
         "decode": decode,
         "tokens": tokens,
-        "end_rss_mib": status_mib("VmRSS"),  # while the model is still held
+        "end_rss_mib": status_mib("VmRSS"),
     }
 
 
@@ -606,14 +613,7 @@ def _child_llamacpp(spec: dict) -> dict:
             prefill.append((t1 - t0) * 1e3)
             decode += steps
         tokens = out
-    return {
-        "import_rss_mib": import_rss,
-        "load_ms": load_ms,
-        "prefill": prefill,
-        "decode": decode,
-        "tokens": tokens,
-        "end_rss_mib": status_mib("VmRSS"),  # while the model is still held
-    }
+    return _child_result(import_rss, load_ms, prefill, decode, tokens)
 
 
 def _child(spec: dict) -> None:

@@ -260,30 +260,27 @@ def _replace_layers(model: nn.Module, make: Any) -> None:
         setattr(parent, child, make(layer))
 
 
-def adapter_copy(model: nn.Module) -> nn.Module:
-    """A copy of an attached model whose EigenLoraLinears are export adapters (coefficients from inputs)."""
+def _swap_adapters(model: nn.Module, adapter: type, graph: str) -> nn.Module:
+    """A copy of an attached model whose EigenLoraLinears are `adapter`s (export or factored)."""
     model = copy.deepcopy(model)
 
     def make(layer: EigenLoraLinear) -> nn.Module:
         if layer.merged:
-            raise EdgeEigenLoraError("unmerge the model before exporting the adapter graph.")
-        return ExportAdapter(layer)
+            raise EdgeEigenLoraError(f"unmerge the model before exporting the {graph} graph.")
+        return adapter(layer)
 
     _replace_layers(model, make)
     return model.eval()
+
+
+def adapter_copy(model: nn.Module) -> nn.Module:
+    """A copy of an attached model whose EigenLoraLinears are export adapters (coefficients from inputs)."""
+    return _swap_adapters(model, ExportAdapter, "adapter")
 
 
 def factored_copy(model: nn.Module) -> nn.Module:
     """A copy of an attached model whose EigenLoraLinears take their factors from graph inputs (no basis)."""
-    model = copy.deepcopy(model)
-
-    def make(layer: EigenLoraLinear) -> nn.Module:
-        if layer.merged:
-            raise EdgeEigenLoraError("unmerge the model before exporting the factored graph.")
-        return FactorAdapter(layer)
-
-    _replace_layers(model, make)
-    return model.eval()
+    return _swap_adapters(model, FactorAdapter, "factored")
 
 
 def factor_example_inputs(model: nn.Module, layout: contract.CoefficientLayout) -> list[torch.Tensor]:

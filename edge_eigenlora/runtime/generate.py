@@ -168,12 +168,12 @@ class LMRuntime(BundleRuntime):
 
     def _bind_task(self, session: Any, task_feeds: dict[str, np.ndarray]) -> Any:
         """An IO binding with the task's inputs bound once for a whole generation (None: the numpy control).
-        The caller keeps `task_feeds` alive while the binding is used."""
+        The caller passes contiguous arrays and keeps them alive while the binding is used."""
         if not self.bind_cache:
             return None
         binding = session.io_binding()
         for name, value in task_feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            binding.bind_cpu_input(name, value)
         return binding
 
     def _run_step(
@@ -269,6 +269,8 @@ class LMRuntime(BundleRuntime):
         if stats is not None:
             stats.update(prompt_tokens=[len(r.prompt_ids) for r in rows], step_ms=[], variant=variant)
         feeds = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask, contract.POSITION_IDS: positions}
+        # contiguous once, and held here for the whole generation: the binding points at these arrays
+        task_feeds = {k: np.ascontiguousarray(v) for k, v in task_feeds.items()}
         binding = self._bind_task(session, task_feeds)
         past = None
         for step in range(config.max_new_tokens):
