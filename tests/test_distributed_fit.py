@@ -132,14 +132,19 @@ def test_dask_keeps_the_captured_energy_where_the_spectrum_does_not_separate(cli
         assert abs(e1 - e2) <= 1e-6 * e1
 
 
-class _SlowModules(Mapping[str, LoraFactors]):
-    """Reads like the real lazy modules, slowly, so a worker can be killed while it is busy."""
+class _GatedModules(Mapping[str, LoraFactors]):
+    """Reads like the real lazy modules, but waits for a gate file first, so the fit cannot end before a worker
+    is killed (a sleep-slowed read raced the kill on a loaded machine and lost)."""
 
-    def __init__(self, inner: Mapping[str, LoraFactors], delay: float) -> None:
-        self.inner, self.delay = inner, delay
+    def __init__(self, inner: Mapping[str, LoraFactors], gate: str) -> None:
+        self.inner, self.gate = inner, gate
 
     def __getitem__(self, module: str) -> LoraFactors:
-        time.sleep(self.delay)
+        deadline = time.monotonic() + 120
+        while not os.path.exists(self.gate):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gate {self.gate} never opened")
+            time.sleep(0.02)
         return self.inner[module]
 
     def __iter__(self) -> Iterator[str]:
@@ -154,8 +159,12 @@ def test_a_worker_killed_mid_fit_is_retried_and_the_basis_is_unchanged(client, t
 
     _bank_dirs(tmp_path)
     bank = open_bank([tmp_path]).bank
-    slow = AdapterBank(
-        adapters=tuple(replace(a, modules=_SlowModules(a.modules, 0.01)) for a in bank.adapters),
+    gate = tmp_path / "gate"
+    gated = AdapterBank(  # the first 20 adapters read at once, the last 20 wait for the gate
+        adapters=tuple(
+            a if i < 20 else replace(a, modules=_GatedModules(a.modules, str(gate)))
+            for i, a in enumerate(bank.adapters)
+        ),
         base_model=bank.base_model,
         module_shapes=bank.module_shapes,
     )
@@ -166,19 +175,24 @@ def test_a_worker_killed_mid_fit_is_retried_and_the_basis_is_unchanged(client, t
 
     def run() -> None:
         try:
-            result["basis"] = fit_basis(slow, config, progress=False, engine=DaskEngine(client, shard_size=5))
+            result["basis"] = fit_basis(
+                gated, config, progress=False, engine=DaskEngine(client, shard_size=5)
+            )
         except Exception as exc:  # surfaced by the assertion below
             result["error"] = exc
 
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and client.run_on_scheduler(_finished_tasks) < 6:
+    while time.monotonic() < deadline and client.run_on_scheduler(_held_partial_sums) < 2:
         time.sleep(0.05)
+    assert client.run_on_scheduler(_held_partial_sums) >= 2, "the ungated shards never finished"
     assert thread.is_alive(), "the fit ended before a worker could be killed"
     victim = sorted(pids.values())[0]
     os.kill(victim, signal.SIGKILL)
-    thread.join(timeout=50)
+    gate.touch()
+    # a peer still fetching from the dead worker waits out its connect timeout (~30 s) before the retry
+    thread.join(timeout=120)
     assert not thread.is_alive() and "error" not in result, result.get("error")
     basis = result["basis"]
     assert victim not in client.run(os.getpid).values()  # the killed process is gone (its nanny restarts one)
@@ -188,8 +202,12 @@ def test_a_worker_killed_mid_fit_is_retried_and_the_basis_is_unchanged(client, t
         assert reference.modules[m].adapters == basis.modules[m].adapters
 
 
-def _finished_tasks(dask_scheduler) -> int:
-    return sum(ts.state == "memory" and "accumulate" in str(ts.key) for ts in dask_scheduler.tasks.values())
+def _held_partial_sums(dask_scheduler) -> int:
+    """Finished accumulations and merges whose results the cluster holds (a killed worker loses its share)."""
+    return sum(
+        ts.state == "memory" and ("_accumulate" in str(ts.key) or "_merge" in str(ts.key))
+        for ts in dask_scheduler.tasks.values()
+    )
 
 
 def test_cli_fit_with_the_dask_engine_equals_the_default(tmp_path, capsys):
