@@ -43,13 +43,15 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import CACHE_ROOT
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 RESULTS_DIR = Path(__file__).parent / "results" / "accuracy"
-CACHE = Path.home() / ".cache" / "edge-eigenlora" / "bench"
+CACHE = CACHE_ROOT / "bench"
 
 
 # ----------------------------------------------------------------------------------------------

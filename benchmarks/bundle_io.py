@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import CACHE_ROOT
+
 RESULTS = Path(__file__).resolve().parent / "results" / "bundle"
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MODULES = [f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")]
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.bundle_io", description=__doc__.split("\n")[0]
     )
     parser.add_argument("stage", choices=("prepare", "measure", "memory", "report"))
-    parser.add_argument("--dir", type=Path, default=Path.home() / ".cache" / "edge-eigenlora" / "bundle_io")
+    parser.add_argument("--dir", type=Path, default=CACHE_ROOT / "bundle_io")
     parser.add_argument("--label", default="after")
     args = parser.parse_args(argv)
     if args.stage == "prepare":

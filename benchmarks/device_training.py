@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import CACHE_ROOT
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 OUT = ROOT / "benchmarks" / "results" / "device"
-CACHE = (
-    Path(os.environ.get("EDGE_EIGENLORA_CACHE", Path.home() / ".cache" / "edge-eigenlora")) / "device_bench"
-)
+CACHE = CACHE_ROOT / "device_bench"
 MODULES = [f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")]
 
 

@@ -58,11 +58,12 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import CACHE_ROOT
 from benchmarks.lm_peers import PROMPT_TEXT, status_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "lm"
-CACHE = Path(os.environ.get("EDGE_EIGENLORA_CACHE", Path.home() / ".cache" / "edge-eigenlora"))
+CACHE = CACHE_ROOT
 BANK_ROOT = CACHE / "demo_lm" / "bank"
 BENCH_CACHE = CACHE / "lm_bench"
 K, RANK = 16, 8

@@ -43,11 +43,11 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import CACHE_ROOT
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "lm"
-PEERS_CACHE = (
-    Path(os.environ.get("EDGE_EIGENLORA_CACHE", Path.home() / ".cache" / "edge-eigenlora")) / "peers"
-)
+PEERS_CACHE = CACHE_ROOT / "peers"
 ORT_GENAI_VERSION = "0.18.0"
 LLAMA_CPP_VERSION = "0.3.36"
 LLAMA_CPP_SRC = PEERS_CACHE / f"llama.cpp-{LLAMA_CPP_VERSION}"  # unpacked by scripts/setup_peers.sh

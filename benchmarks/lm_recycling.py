@@ -48,13 +48,15 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import CACHE_ROOT
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 RESULTS_DIR = Path(__file__).parent / "results" / "lm_recycling"
-CACHE = Path(os.environ.get("EDGE_EIGENLORA_CACHE", Path.home() / ".cache" / "edge-eigenlora")) / "bench"
+CACHE = CACHE_ROOT / "bench"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 # ----------------------------------------------------------------------------------------------
@@ -735,6 +737,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "then the report",
     )
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and args.shard != "0/1":
+        parser.error("--workers N starts the shards 0/N .. N-1/N itself: give --workers or --shard, not both")
     config = load_config(args.config)
     if args.workers > 1:
         return run_workers(args)

@@ -166,15 +166,16 @@ def targets(summary: dict[str, Any], cells: dict[tuple, dict]) -> list[dict[str,
     rows = [(label, paired(cells, a, b, low)) for label, a, b, _ in basis_pairs]
     measured = [(label, r) for label, r in rows if r]
     rows = [(label, r) for label, r in measured if math.isfinite(r["se"])]  # one task: no SE, no verdict yet
+    pending = [
+        f"{label} ({r['tasks']} task so far, no SE)" for label, r in measured if not math.isfinite(r["se"])
+    ]
     if rows:
         met = [label for label, r in rows if r["mean"] < -2 * r["se"]]
         detail = "; ".join(
             f"{label}: {r['mean']:+.3f} +- {r['se']:.3f} ({r['tasks']} tasks)" for label, r in rows
         )
-        pending = [
-            f"{label} ({r['tasks']} task so far, no SE)" for label, r in measured if (label, r) not in rows
-        ]
-        detail += "; not judged yet: " + ", ".join(pending) if pending else ""
+        if pending:
+            detail += "; not judged yet: " + ", ".join(pending)
         status = "MET" if len(met) == len(rows) else ("PARTLY MET" if met else "MISSED")
         out.append(
             {

@@ -37,12 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import CACHE_ROOT
 from benchmarks.fixtures import peft_key, synthetic_task, write_peft_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).parent / "configs"
 RESULTS = Path(__file__).parent / "results" / "perf"
-CACHE = Path.home() / ".cache" / "edge-eigenlora" / "perf"
+CACHE = CACHE_ROOT / "perf"
 VARIANTS = (
     "base",
     "eigen_shared",

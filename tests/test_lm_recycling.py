@@ -6,6 +6,10 @@ loss against transformers' own, and that vLoRA and EigenLoRAx get the same param
 """
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,3 +297,29 @@ def test_workers_run_each_stage_as_shards_then_the_report(monkeypatch):
         c[c.index("--lr-index") + 1] == "1" and c[c.index("--methods") + 1] == "eigen" for c in started
     )
     assert reports == [1]  # the report once, after every shard of the grid
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--workers", "0"], "--workers must be at least 1, got 0"),
+        (["--workers", "2", "--shard", "1/2"], "give --workers or --shard, not both"),
+    ],
+)
+def test_workers_refuses_a_count_below_one_and_a_shard_beside_it(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        lm.main(["--config", "quick", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_every_benchmark_cache_moves_with_edge_eigenlora_cache(tmp_path):
+    code = (
+        "from benchmarks import accuracy, lm_recycling, perf\n"
+        "print(accuracy.CACHE, lm_recycling.CACHE, perf.CACHE)"
+    )
+    env = dict(os.environ, EDGE_EIGENLORA_CACHE=str(tmp_path))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == [str(tmp_path / "bench"), str(tmp_path / "bench"), str(tmp_path / "perf")]
