@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import CACHE_ROOT
+from benchmarks import CACHE_ROOT, append_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -586,8 +586,7 @@ def run_grid(
     start = time.perf_counter()
     for i, run in enumerate(todo, 1):
         record = run_one(bench, *run)
-        with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(path, record)
         elapsed = time.perf_counter() - start
         print(
             f"[{i}/{len(todo)}] {run[3]} {run[0]} {run[1]} seed={run[2]} N={run[4]}: "
@@ -708,8 +707,7 @@ def run_compression(config: dict[str, Any]) -> Path:
                     "bytes_lora_file": lora_bytes,
                     "bytes_head_file": head_bytes,
                 }
-                with path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_jsonl(path, row)
                 print(
                     f"compress {name} K={k} {variant}: acc {acc:.3f} (LoRA {record['test_accuracy']:.3f}, "
                     f"head {head_acc[name]:.3f}), delta error {result.mean_error:.2f} "
@@ -963,9 +961,7 @@ def _durations(config: dict[str, Any]) -> dict[str, float]:
 
 def log_timing(config: dict[str, Any], stage: str, seconds: float) -> None:
     path = results_path(config).with_suffix(".timing.jsonl")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps({"stage": stage, "seconds": seconds, "time": time.time()}) + "\n")
+    append_jsonl(path, {"stage": stage, "seconds": seconds, "time": time.time()})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

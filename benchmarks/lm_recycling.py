@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import CACHE_ROOT
+from benchmarks import CACHE_ROOT, append_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -106,12 +106,6 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue  # a line cut by a kill: that run is simply redone
     return rows
-
-
-def append_jsonl(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def in_shard(i: int, shard: str) -> bool:
